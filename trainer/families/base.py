@@ -1,0 +1,90 @@
+"""What every model family adapter knows: parts, conditioning, noise schedule, LoRA targets.
+
+One adapter per family (SD1.5, SDXL, Kolors) keeps family differences in one small file each;
+the training loop, the saver and the sampler only talk to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# Attention projections of every diffusers Transformer2DModel block: self-attention (attn1),
+# cross-attention (attn2, the text conditioning) and the output projection.
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for a batch, in the shapes the UNet takes."""
+
+    context: torch.Tensor  # [B, tokens, dim] -> encoder_hidden_states
+    pooled: torch.Tensor | None = None  # [B, dim] -> added_cond_kwargs["text_embeds"]
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        pooled = None if self.pooled is None else self.pooled.to(device=device, dtype=dtype)
+        return Conditioning(self.context.to(device=device, dtype=dtype), pooled)
+
+
+@dataclass
+class Family:
+    name: str  # "sd15", "sdxl", "kolors": the value users type
+    label: str
+    pipeline_class_name: str  # diffusers pipeline used for sampling
+    text_parts: tuple[str, ...]  # pipeline attributes holding text encoders / tokenizers
+    default_resolution: int
+    training_schedule: dict  # DDPMScheduler config used for training noise
+    sampling_schedule: dict  # scheduler config used when a model folder has none
+    base_model_version: str  # kohya's ss_base_model_version
+    modelspec_architecture: str
+    lora_targets: list[str] = field(default_factory=lambda: list(ATTENTION_TARGETS))
+    uses_time_ids: bool = False
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_text_parts(self, folder, dtype, tokenizer_dir=None) -> dict:
+        raise NotImplementedError
+
+    def build_pipeline(self, parts: dict, scheduler):
+        import diffusers
+
+        cls = getattr(diffusers, self.pipeline_class_name)
+        extra = {}
+        if self.name == "sd15":
+            extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = cls(scheduler=scheduler, **parts, **extra)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # -- conditioning -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, pipe, captions: list[str], device, clip_skip: int | None = None) -> Conditioning:
+        raise NotImplementedError
+
+    def time_ids(self, pipe, original_size, crop_top_left, target_size) -> torch.Tensor:
+        """SDXL-style micro-conditioning: (orig h, orig w, crop top, crop left, target h, w)."""
+        ids = list(original_size) + list(crop_top_left) + list(target_size)
+        return torch.tensor(ids, dtype=torch.float32)
+
+    def unet_kwargs(self, pipe, cond: Conditioning, time_ids: torch.Tensor | None) -> dict:
+        kwargs = {"encoder_hidden_states": cond.context}
+        if self.uses_time_ids:
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids}
+        return kwargs
+
+    def training_scheduler(self):
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler(**self.training_schedule)
+
+
+def scaled_linear(num_train_timesteps: int, beta_end: float, **extra) -> dict:
+    return dict(
+        num_train_timesteps=num_train_timesteps,
+        beta_start=0.00085,
+        beta_end=beta_end,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        **extra,
+    )

@@ -1,0 +1,50 @@
+"""Kolors: SDXL UNet conditioned by ChatGLM3 (context = hidden_states[-2], pooled = last token
+of hidden_states[-1], left-padded to 256 tokens), trained on a 1100-step schedule."""
+
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainerError
+from ..models.parts import find_file, load_transformers_model
+from .base import Conditioning, Family, scaled_linear
+
+MAX_LENGTH = 256
+
+
+class Kolors(Family):
+    def load_text_parts(self, folder, dtype, tokenizer_dir=None) -> dict:
+        from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
+
+        folder = Path(folder)
+        # Kolors' own repo keeps tokenizer.model beside the encoder; Kolors-diffusers in tokenizer/.
+        places = [tokenizer_dir, folder / "tokenizer", folder / "text_encoder"]
+        vocab = find_file(places, "tokenizer.model")
+        if vocab is None:
+            raise TrainerError(
+                "ChatGLM tokenizer not found: looked for tokenizer.model in "
+                + ", ".join(str(p) for p in places if p)
+                + ". Copy tokenizer.model from the Kolors download (text_encoder/ or tokenizer/) there.")
+        encoder = load_transformers_model(folder, "text_encoder", ChatGLMModel, dtype, "ChatGLM3 text encoder")
+        return {"text_encoder": encoder, "tokenizer": ChatGLMTokenizer(str(vocab))}
+
+    @torch.no_grad()
+    def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
+        context, _, pooled, _ = pipe.encode_prompt(
+            captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
+            max_sequence_length=MAX_LENGTH)
+        return Conditioning(context, pooled)
+
+
+KOLORS_FAMILY = Kolors(
+    name="kolors",
+    label="Kolors",
+    pipeline_class_name="KolorsPipeline",
+    text_parts=("text_encoder", "tokenizer"),
+    default_resolution=1024,
+    training_schedule=scaled_linear(1100, 0.014),
+    sampling_schedule=dict(scaled_linear(1100, 0.014), steps_offset=1, timestep_spacing="leading"),
+    base_model_version="kolors",
+    modelspec_architecture="kolors/lora",
+    uses_time_ids=True,
+)

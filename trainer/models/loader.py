@@ -1,0 +1,108 @@
+"""Load a model (diffusers folder or single-file checkpoint) into a ready pipeline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainerError
+from ..families import Family, get_family
+from .detect import detect_folder_family
+from .parts import load_diffusers_model
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A family adapter plus the diffusers pipeline holding the model's parts."""
+
+    family: Family
+    pipe: object  # a diffusers pipeline (StableDiffusion / StableDiffusionXL / Kolors)
+    source: str
+    dtype: torch.dtype
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    def text_encoders(self) -> list:
+        return [getattr(self.pipe, n) for n in self.family.text_parts if n.startswith("text_encoder")]
+
+    def to(self, device) -> "LoadedModel":
+        self.pipe.to(device)
+        return self
+
+
+def to_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in DTYPES:
+        raise TrainerError(f"Unknown dtype '{dtype}'. Use fp32, fp16 or bf16.")
+    return DTYPES[str(dtype).lower()]
+
+
+def sampling_scheduler(family: Family, folder: Path | None):
+    """The model's own scheduler config when it ships one, else the family's default."""
+    from diffusers import EulerDiscreteScheduler
+
+    config = dict(family.sampling_schedule)
+    path = Path(folder) / "scheduler" / "scheduler_config.json" if folder else None
+    if path and path.is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+    return EulerDiscreteScheduler.from_config(config)
+
+
+def load_model(path, family: str = "auto", dtype="fp32", vae_path=None, tokenizer_dir=None,
+               config_dir=None) -> LoadedModel:
+    """Load a diffusers folder or a single-file .safetensors checkpoint.
+
+    ``vae_path`` swaps in a separate VAE (a diffusers VAE folder or a .safetensors file, e.g.
+    sdxl-vae-fp16-fix); ``tokenizer_dir`` and ``config_dir`` supply what a single-file
+    checkpoint does not carry.
+    """
+    path = Path(path)
+    dtype = to_dtype(dtype)
+    if not path.exists():
+        raise TrainerError(f"Model not found: {path}. Give a diffusers folder or a .safetensors checkpoint.")
+    if path.is_file():
+        from .single_file import load_single_file
+
+        model = load_single_file(path, family, dtype, tokenizer_dir=tokenizer_dir, config_dir=config_dir)
+    else:
+        fam = get_family(detect_folder_family(path) if family == "auto" else family)
+        parts = fam.load_text_parts(path, dtype, tokenizer_dir)
+        parts["unet"] = load_diffusers_model(path, "unet", "UNet2DConditionModel", dtype, "UNet")
+        parts["vae"] = load_diffusers_model(path, "vae", "AutoencoderKL", torch.float32, "VAE")
+        pipe = fam.build_pipeline(parts, sampling_scheduler(fam, path))
+        model = LoadedModel(fam, pipe, str(path), dtype)
+    if vae_path:
+        model.pipe.vae = load_vae(vae_path)
+    for module in [model.unet, model.vae, *model.text_encoders()]:
+        module.requires_grad_(False)
+        module.eval()
+    return model
+
+
+def load_vae(path):
+    """A separate VAE: a diffusers VAE folder (with config.json) or a single .safetensors file."""
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TrainerError(f"VAE folder {path} has no config.json.")
+        return AutoencoderKL.from_pretrained(str(path), torch_dtype=torch.float32, local_files_only=True)
+    if path.suffix != ".safetensors":
+        raise TrainerError(f"VAE {path}: give a diffusers VAE folder or a .safetensors file.")
+    from .single_file import load_single_file_vae
+
+    return load_single_file_vae(path)
