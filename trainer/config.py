@@ -1,0 +1,170 @@
+"""TrainConfig: every training parameter under kohya-ss/sd-scripts' name, TOML in and out.
+
+The CLI, the ComfyUI nodes and the metadata written into the LoRA all use this one object, so a
+run started from a graph can be repeated headless with the same values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TrainerError
+
+
+@dataclass
+class TrainConfig:
+    # model
+    pretrained_model_name_or_path: str = ""
+    model_family: str = "auto"  # auto | sdxl | sd15 | kolors
+    vae: str = ""  # optional separate VAE (e.g. sdxl-vae-fp16-fix)
+    tokenizer_dir: str = ""  # for single-file checkpoints, which carry no tokenizer
+    # data
+    train_data_dir: str = ""
+    resolution: str = "1024"  # "512" or "W,H" such as "512,768"
+    dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
+    caption_extension: str = ".txt"
+    class_tokens: str = ""  # trigger word: caption for images without a caption file
+    # network
+    network_module: str = "networks.lora"
+    network_dim: int = 16
+    network_alpha: float = 8.0
+    # optimisation
+    optimizer_type: str = "AdamW"
+    learning_rate: float = 1e-4
+    unet_lr: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_train_epochs: int = 10
+    max_train_steps: int = 0  # 0: derived from epochs
+    train_batch_size: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    clip_skip: int = 0  # 0: the family default
+    # output
+    output_dir: str = "output"
+    output_name: str = "lora"
+    save_precision: str = "fp16"  # fp16 | bf16 | fp32
+    save_model_as: str = "safetensors"
+    # preview samples after training
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_steps: int = 20
+    sample_cfg: float = 7.0
+    sample_sampler: str = "euler_a"
+
+    # -- derived ------------------------------------------------------------------------------
+    def size(self) -> tuple[int, int]:
+        """(width, height) from ``resolution``; both multiples of 64."""
+        text = str(self.resolution).replace("x", ",").replace(" ", "")
+        try:
+            values = [int(v) for v in text.split(",") if v]
+        except ValueError:
+            raise TrainerError(f"resolution '{self.resolution}' is not a number: use e.g. 1024 or 512,768.") from None
+        if len(values) == 1:
+            values *= 2
+        if len(values) != 2 or min(values) <= 0:
+            raise TrainerError(f"resolution '{self.resolution}': give one size (1024) or width,height (512,768).")
+        for v in values:
+            if v % 64:
+                lo, hi = v // 64 * 64, (v // 64 + 1) * 64
+                raise TrainerError(f"resolution {v} is not a multiple of 64: use {lo or 64} or {hi}.")
+        return values[0], values[1]
+
+    def validate(self) -> "TrainConfig":
+        self.size()
+        for name in ("network_dim", "train_batch_size", "max_train_epochs", "dataset_repeats"):
+            if int(getattr(self, name)) < 1:
+                raise TrainerError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if self.network_alpha <= 0:
+            raise TrainerError(f"network_alpha must be positive (got {self.network_alpha}); kohya's usual is dim/2.")
+        if self.learning_rate <= 0:
+            raise TrainerError(f"learning_rate must be positive (got {self.learning_rate}).")
+        choices = {"mixed_precision": ("no", "fp16", "bf16"), "save_precision": ("fp16", "bf16", "fp32", "float")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise TrainerError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}.")
+        return self
+
+    # -- TOML ---------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        """Flat or sectioned (kohya GUI style) dict; unknown keys warn with a suggestion."""
+        flat: dict = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        known = set(cls.field_names())
+        unknown = [k for k in flat if k not in known]
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else " (not supported yet; ignored)"
+            warnings.warn(f"{source}: unknown setting '{key}'{hint}", stacklevel=2)
+        config = cls(**{k: v for k, v in flat.items() if k in known})
+        return config._coerced()
+
+    @classmethod
+    def from_toml(cls, path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrainerError(f"Config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise TrainerError(f"{path} is not valid TOML: {err}") from None
+        return cls.from_dict(values, source=str(path))
+
+    def _coerced(self) -> "TrainConfig":
+        """Cast values read from TOML / widgets to the field types (ints given as floats etc.)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            try:
+                if value is None or kind.startswith("list"):
+                    continue
+                if kind.startswith("int"):
+                    setattr(self, f.name, int(value))
+                elif kind.startswith("float"):
+                    setattr(self, f.name, float(value))
+                elif kind == "bool":
+                    setattr(self, f.name, value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes"))
+                elif kind == "str":
+                    setattr(self, f.name, str(value))
+            except (TypeError, ValueError):
+                raise TrainerError(f"{f.name} = {value!r} is not a valid {kind}.") from None
+        if isinstance(self.sample_prompts, str):
+            self.sample_prompts = [p for p in self.sample_prompts.splitlines() if p.strip()]
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for key, value in self.to_dict().items():
+            if value is None:
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'

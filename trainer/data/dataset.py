@@ -1,0 +1,119 @@
+"""Dataset v1: a folder of images with same-name caption files, kohya's "N_name" subfolders.
+
+    my_dataset/
+      10_ltchar/       -> 10 repeats, class token "ltchar"
+        001.png
+        001.txt        -> caption (UTF-8, with or without BOM)
+      extra.jpg        -> images in the root use dataset_repeats and the configured trigger word
+
+Everything is checked before training starts, so a bad file stops the run with one message
+naming it instead of failing hours later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TrainerError
+from .images import IMAGE_EXTENSIONS, open_rgb
+
+KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
+
+
+@dataclass
+class ImageItem:
+    path: Path
+    caption: str
+    repeats: int
+    folder: str  # the subfolder name (kohya's dataset dir), "" for the root
+
+
+@dataclass
+class Dataset:
+    root: Path
+    items: list[ImageItem]
+    notes: list[str] = field(default_factory=list)  # skipped files, ignored folders
+
+    @property
+    def num_images(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_samples(self) -> int:
+        """Images x repeats: one epoch."""
+        return sum(item.repeats for item in self.items)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.num_samples / batch_size)
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """kohya's ss_tag_frequency: per dataset folder, how often each comma-separated tag occurs."""
+        freq: dict[str, Counter] = {}
+        for item in self.items:
+            tags = [t.strip() for t in item.caption.split(",") if t.strip()]
+            freq.setdefault(item.folder or self.root.name, Counter()).update(tags)
+        return {k: dict(v) for k, v in freq.items()}
+
+
+def read_caption(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except UnicodeDecodeError as err:
+        raise TrainerError(
+            f"Caption {path} is not UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8.") from None
+
+
+def _check_image(path: Path) -> None:
+    """Fully decode once: catches corrupt and truncated files up front."""
+    open_rgb(path)
+
+
+def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str, notes: list) -> list[ImageItem]:
+    items = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS:
+            if suffix != caption_ext.lower() and not path.name.startswith("."):
+                notes.append(f"skipped {path.name}: not an image")
+            continue
+        _check_image(path)
+        caption_file = path.with_suffix(caption_ext)
+        caption = read_caption(caption_file) if caption_file.is_file() else ""
+        if not caption:
+            caption = trigger
+            if not caption:
+                notes.append(f"{path.name} has no caption and no trigger word: it trains unconditioned")
+        items.append(ImageItem(path, caption, repeats, label))
+    return items
+
+
+def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extension: str = ".txt") -> Dataset:
+    """Scan ``root``; kohya "N_name" subfolders give N repeats and "name" as class token."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TrainerError(f"Dataset folder not found: {root}. Point train_data_dir at a folder of images.")
+    if not caption_extension.startswith("."):
+        caption_extension = "." + caption_extension
+    notes: list[str] = []
+    items = _scan(root, repeats, "", trigger_word, caption_extension, notes)
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        match = KOHYA_FOLDER.match(sub.name)
+        if not match:
+            notes.append(f"ignored folder {sub.name}: name it like 10_{sub.name} (10 repeats) to train it")
+            continue
+        sub_repeats, class_token = int(match.group(1)), match.group(2).replace("_", " ").strip()
+        if sub_repeats < 1:
+            notes.append(f"ignored folder {sub.name}: 0 repeats")
+            continue
+        items += _scan(sub, sub_repeats, sub.name, class_token or trigger_word, caption_extension, notes)
+    if not items:
+        skipped = f" ({len(notes)} other files/folders skipped)" if notes else ""
+        raise TrainerError(
+            f"No training images in {root}{skipped}. Add .png/.jpg/.webp images (with same-name "
+            f"{caption_extension} captions), or kohya-style subfolders such as 10_mychar/.")
+    return Dataset(root, items, notes)
+

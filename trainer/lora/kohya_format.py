@@ -1,0 +1,106 @@
+"""The LoRA file format ComfyUI's LoraLoader, A1111 and kohya tools read.
+
+Keys: ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``;
+metadata: kohya's ``ss_*`` strings and ``modelspec.*`` in the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import save_safetensors
+from ..errors import TrainerError
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "float": torch.float32}
+
+
+@dataclass
+class TrainedLora:
+    """A LoRA in memory: kohya-format tensors plus the metadata that goes into the file."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        downs = [v for k, v in self.tensors.items() if k.endswith("lora_down.weight")]
+        return int(downs[0].shape[0]) if downs else 0
+
+
+def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet") -> dict[str, torch.Tensor]:
+    """peft adapter state (``<path>.lora_A.weight``) -> kohya keys, with the trained alpha.
+
+    diffusers' converter writes alpha = rank for every module; the real alpha is set here, or
+    the LoRA would load at the wrong strength everywhere.
+    """
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    kohya = convert_state_dict_to_kohya({f"{prefix}.{k}": v for k, v in peft_state.items()})
+    return {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.detach().clone())
+            for k, v in kohya.items()}
+
+
+def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float) -> dict[str, str]:
+    width, height = config.size()
+    dirs = {}
+    for item in dataset.items:
+        entry = dirs.setdefault(item.folder or dataset.root.name, {"n_repeats": item.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.network_dim),
+        "ss_network_alpha": str(float(config.network_alpha)),
+        "ss_network_args": json.dumps({"target_modules": family.lora_targets}),
+        "ss_base_model_version": family.base_model_version,
+        "ss_sd_model_name": Path(config.pretrained_model_name_or_path).name,
+        "ss_learning_rate": str(config.learning_rate),
+        "ss_unet_lr": str(config.unet_lr if config.unet_lr is not None else config.learning_rate),
+        "ss_text_encoder_lr": "0",
+        "ss_optimizer": config.optimizer_type,
+        "ss_lr_scheduler": config.lr_scheduler,
+        "ss_max_train_steps": str(steps),
+        "ss_steps": str(steps),
+        "ss_epoch": str(epochs),
+        "ss_num_epochs": str(config.max_train_epochs),
+        "ss_batch_size_per_device": str(config.train_batch_size),
+        "ss_num_train_images": str(dataset.num_samples),
+        "ss_num_reg_images": "0",
+        "ss_resolution": f"({width}, {height})",
+        "ss_seed": str(config.seed),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_gradient_checkpointing": str(bool(config.gradient_checkpointing)),
+        "ss_clip_skip": str(config.clip_skip or "None"),
+        "ss_caption_extension": config.caption_extension,
+        "ss_dataset_dirs": json.dumps(dirs),
+        "ss_tag_frequency": json.dumps(dataset.tag_frequency(), ensure_ascii=False),
+        "ss_training_started_at": str(started_at),
+        "ss_training_finished_at": str(time.time()),
+        "ss_output_name": config.output_name,
+        "ss_v2": "False",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": config.output_name,
+        "modelspec.resolution": f"{width}x{height}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
+        "lt_family": family.name,
+        "lt_config": config.to_toml(),
+    }
+    if config.class_tokens:
+        meta["modelspec.trigger_phrase"] = config.class_tokens
+    return meta
+
+
+def save_lora(lora: TrainedLora, path, precision: str = "fp16") -> Path:
+    """Write ``lora`` as .safetensors atomically, tensors cast to ``precision`` (alphas too)."""
+    if precision not in SAVE_DTYPES:
+        raise TrainerError(f"save precision '{precision}' is not one of fp16, bf16, fp32.")
+    dtype = SAVE_DTYPES[precision]
+    tensors = {k: v.to(dtype) for k, v in lora.tensors.items()}
+    metadata = dict(lora.metadata, ss_save_precision=precision)
+    return save_safetensors(Path(path), tensors, metadata)

@@ -1,0 +1,51 @@
+"""Text-to-image for every family, with a choice of sampler and the LoRA strength."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import TrainerError
+from .lora.apply import list_adapters, set_lora_strength
+
+# sampler name -> (diffusers scheduler class, extra config); names follow ComfyUI's
+SAMPLERS = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": False}),
+}
+
+
+def make_scheduler(base_config, sampler: str):
+    import diffusers
+
+    if sampler not in SAMPLERS:
+        raise TrainerError(f"Unknown sampler '{sampler}'. Use one of: {', '.join(SAMPLERS)}.")
+    cls_name, extra = SAMPLERS[sampler]
+    return getattr(diffusers, cls_name).from_config({**dict(base_config), **extra})
+
+
+def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 20, cfg: float = 7.0,
+             width: int | None = None, height: int | None = None, sampler: str = "euler_a",
+             lora_strength: float | None = None, output_type: str = "pil", device=None):
+    """Generate one image (PIL, or latents with ``output_type="latent"``) with the same seed
+    giving the same picture. ``lora_strength`` re-weights every loaded LoRA adapter."""
+    pipe = model.pipe
+    size = model.family.default_resolution
+    width, height = int(width or size), int(height or size)
+    if width % 8 or height % 8:
+        raise TrainerError(f"Image size {width}x{height}: width and height must be multiples of 8.")
+    base = getattr(model, "base_scheduler_config", None) or pipe.scheduler.config
+    model.base_scheduler_config = base
+    pipe.scheduler = make_scheduler(base, sampler)
+    adapters = list_adapters(model)
+    if lora_strength is not None and adapters:
+        set_lora_strength(model, {name: lora_strength for name in adapters})
+    device = device or pipe.unet.device
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    with torch.inference_mode():
+        out = pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
+                   guidance_scale=float(cfg), width=width, height=height, generator=generator,
+                   output_type=output_type)
+    return out.images[0]

@@ -1,0 +1,154 @@
+"""train(): the one training loop the CLI and the ComfyUI nodes both call."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.dataset import Dataset, load_dataset
+from ..errors import TrainerError
+from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
+from ..lora.network import ADAPTER, add_unet_lora, unet_lora_state_dict
+from ..models.loader import LoadedModel, load_model
+from .batches import epoch_batches, make_batch
+from .precision import default_device, resolve_precision
+from .step import batch_time_ids, diffusion_loss, encode_latents, sample_noise
+
+NAN_HELP = ("Loss became {value} at step {step}. Likely causes: learning rate too high (try half), "
+            "fp16 overflow (use bf16 or no mixed precision), or an fp16 VAE (use sdxl-vae-fp16-fix "
+            "or keep the VAE in fp32). Nothing was saved from this run.")
+
+
+@dataclass
+class Callbacks:
+    """Hooks a UI passes in: progress per step, a stop request checked every step, log lines."""
+
+    on_start: Callable[[int, Dataset], None] | None = None  # (total steps, dataset)
+    on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
+    should_stop: Callable[[], bool] | None = None
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class TrainResult:
+    lora: TrainedLora
+    model: LoadedModel  # with the trained adapter active
+    losses: list[float]
+    steps: int
+    total_steps: int
+    epochs: int
+    seconds_per_step: float
+    stopped: bool = False
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def total_steps(config: TrainConfig, dataset: Dataset) -> int:
+    """images x repeats / batch per epoch (rounded up), times epochs, unless max_train_steps."""
+    if config.max_train_steps:
+        return int(config.max_train_steps)
+    return dataset.steps_per_epoch(config.train_batch_size) * config.max_train_epochs
+
+
+def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
+          callbacks: Callbacks | None = None, device: torch.device | None = None) -> TrainResult:
+    config.validate()
+    cb = callbacks or Callbacks()
+    device = device or default_device()
+    weight_dtype, autocast = resolve_precision(config.mixed_precision, device)
+    width, height = config.size()
+    if dataset is None:
+        dataset = load_dataset(config.train_data_dir, config.dataset_repeats, config.class_tokens,
+                               config.caption_extension)
+    for note in dataset.notes:
+        cb.log(f"note: {note}")
+    if model is None:
+        if not config.pretrained_model_name_or_path:
+            raise TrainerError("No model given: set pretrained_model_name_or_path to a diffusers folder or checkpoint.")
+        model = load_model(config.pretrained_model_name_or_path, config.model_family, weight_dtype,
+                           vae_path=config.vae or None, tokenizer_dir=config.tokenizer_dir or None)
+    seed_everything(config.seed)
+    model.to(device)
+    family, unet = model.family, model.unet
+    scheduler = family.training_scheduler()
+    params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    optimizer = torch.optim.AdamW(params, lr=config.unet_lr or config.learning_rate, weight_decay=1e-2)
+    steps = total_steps(config, dataset)
+    from diffusers.optimization import get_scheduler
+
+    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                num_training_steps=steps)
+    gen = torch.Generator().manual_seed(config.seed)
+    cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_samples} per epoch, "
+           f"batch {config.train_batch_size} -> {steps} steps")
+    if cb.on_start:
+        cb.on_start(steps, dataset)
+
+    losses: list[float] = []
+    started, step, epoch, stopped = time.time(), 0, 0, False
+    step_times: list[float] = []
+    with torch.inference_mode(False), torch.enable_grad():
+        while step < steps and not stopped:
+            for indices in epoch_batches(dataset, config.train_batch_size, config.seed, epoch):
+                t0 = time.perf_counter()
+                batch = make_batch(dataset, indices, width, height)
+                latents = encode_latents(model.vae, batch.pixels, gen).to(device)
+                cond = family.encode_text(model.pipe, batch.captions, device, config.clip_skip or None)
+                time_ids = batch_time_ids(family, model.pipe, batch, width, height)
+                noise, timesteps = sample_noise(latents, gen, scheduler.config.num_train_timesteps)
+                loss = diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast)
+                if not torch.isfinite(loss):
+                    raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                losses.append(float(loss.item()))
+                step_times.append(time.perf_counter() - t0)
+                if cb.on_step:
+                    cb.on_step(step, steps, losses[-1])
+                if step >= steps or (cb.should_stop and cb.should_stop()):
+                    stopped = step < steps
+                    break
+            epoch += 1
+    unet.eval()
+    if config.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+
+    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha)
+    lora = TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started))
+    per_step = float(np.median(step_times)) if step_times else 0.0
+    return TrainResult(lora, model, losses, step, steps, epoch, per_step, stopped)
+
+
+def save_outputs(result: TrainResult, config: TrainConfig) -> dict[str, Path]:
+    """Write the LoRA, the loss CSV and the loss chart into ``config.output_dir``."""
+    from ..chart import write_loss_chart, write_loss_csv
+
+    out = Path(config.output_dir)
+    files = {
+        "lora": save_lora(result.lora, out / f"{config.output_name}.safetensors", config.save_precision),
+        "loss_csv": write_loss_csv(result.losses, out / f"{config.output_name}_loss.csv"),
+        "loss_chart": write_loss_chart(result.losses, out / f"{config.output_name}_loss.png"),
+    }
+    result.files.update(files)
+    return files
