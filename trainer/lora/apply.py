@@ -8,7 +8,6 @@ from ..errors import TrainerError
 
 
 def read_lora_file(path) -> dict:
-    from safetensors import SafetensorsError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -18,7 +17,7 @@ def read_lora_file(path) -> dict:
         raise TrainerError(f"{path.name}: only .safetensors LoRA files can be loaded for now.")
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError) as err:
+    except Exception as err:  # safetensors raises its own error types for bad headers
         raise TrainerError(f"Cannot read LoRA {path}: {err}. The file is corrupt or incomplete.") from None
 
 
