@@ -85,14 +85,14 @@ def load_model(path, family: str = "auto", dtype="fp32", vae_path=None, tokenize
         pipe = fam.build_pipeline(parts, sampling_scheduler(fam, path))
         model = LoadedModel(fam, pipe, str(path), dtype)
     if vae_path:
-        model.pipe.vae = load_vae(vae_path)
+        model.pipe.vae = load_vae(vae_path, model.family.name)
     for module in [model.unet, model.vae, *model.text_encoders()]:
         module.requires_grad_(False)
         module.eval()
     return model
 
 
-def load_vae(path):
+def load_vae(path, family: str | None = None):
     """A separate VAE: a diffusers VAE folder (with config.json) or a single .safetensors file."""
     from diffusers import AutoencoderKL
 
@@ -105,4 +105,4 @@ def load_vae(path):
         raise TrainerError(f"VAE {path}: give a diffusers VAE folder or a .safetensors file.")
     from .single_file import load_single_file_vae
 
-    return load_single_file_vae(path)
+    return load_single_file_vae(path, family=family)

@@ -1,0 +1,131 @@
+"""Dataset v1: kohya folders, captions, fitting to the training size, bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import paint
+from trainer.data.dataset import load_dataset
+from trainer.data.images import fit_center, load_fitted, open_rgb
+from trainer.errors import TrainerError
+from trainer.train.loop import TrainConfig, total_steps
+
+
+def test_kohya_folders_give_repeats_class_token_and_captions(tmp_path):
+    paint(tmp_path / "10_ltchar" / "a.png")
+    paint(tmp_path / "10_ltchar" / "b.png")
+    (tmp_path / "10_ltchar" / "a.txt").write_text("ltchar, red dress", encoding="utf-8")
+    paint(tmp_path / "3_style_x" / "c.png")
+    paint(tmp_path / "root.png")
+    data = load_dataset(tmp_path, repeats=2, trigger_word="mytrigger")
+    by_name = {item.path.name: item for item in data.items}
+    assert by_name["a.png"].caption == "ltchar, red dress" and by_name["a.png"].repeats == 10
+    assert by_name["b.png"].caption == "ltchar"  # no caption file -> class token
+    assert by_name["c.png"].caption == "style x" and by_name["c.png"].repeats == 3
+    assert by_name["root.png"].caption == "mytrigger" and by_name["root.png"].repeats == 2
+    assert data.num_samples == 10 + 10 + 3 + 2
+    assert data.tag_frequency()["10_ltchar"] == {"ltchar": 2, "red dress": 1}
+
+
+def test_total_steps_is_images_times_repeats_times_epochs_over_batch(tmp_path):
+    for i in range(5):
+        paint(tmp_path / "4_x" / f"{i}.png")
+    data = load_dataset(tmp_path)
+    # 5 images x 4 repeats = 20 per epoch; batch 3 -> 7 steps per epoch (last batch partial)
+    assert total_steps(TrainConfig(train_batch_size=3, max_train_epochs=6), data) == 7 * 6
+    assert total_steps(TrainConfig(train_batch_size=2, max_train_epochs=10), data) == 100
+
+
+def test_caption_with_bom_and_non_image_files(tmp_path):
+    paint(tmp_path / "1_a" / "x.png")
+    (tmp_path / "1_a" / "x.txt").write_bytes("\ufeffsmile, 猫".encode("utf-8"))
+    (tmp_path / "1_a" / "notes.pdf").write_bytes(b"%PDF")
+    (tmp_path / "misc").mkdir()
+    data = load_dataset(tmp_path)
+    assert data.items[0].caption == "smile, 猫"
+    assert any("notes.pdf" in n for n in data.notes)
+    assert any("misc" in n and "10_misc" in n for n in data.notes)
+
+
+def test_empty_folder_says_what_to_add(tmp_path):
+    (tmp_path / "readme.md").write_text("x")
+    with pytest.raises(TrainerError, match=r"No training images in .*1 other files/folders skipped.*10_mychar"):
+        load_dataset(tmp_path)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(TrainerError, match="Dataset folder not found"):
+        load_dataset(tmp_path / "nope")
+
+
+def test_truncated_image_is_named_before_training(tmp_path):
+    good = paint(tmp_path / "1_a" / "good.png", size=(128, 128))
+    data = good.read_bytes()
+    (tmp_path / "1_a" / "broken.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrainerError, match=r"broken\.png.*corrupt or truncated"):
+        load_dataset(tmp_path)
+
+
+def test_garbage_with_image_extension(tmp_path):
+    (tmp_path / "fake.jpg").write_bytes(b"this is not a jpeg")
+    with pytest.raises(TrainerError, match=r"fake\.jpg"):
+        load_dataset(tmp_path)
+
+
+def test_undecodable_caption_is_named(tmp_path):
+    paint(tmp_path / "x.png")
+    (tmp_path / "x.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(TrainerError, match=r"x\.txt is not UTF-8"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("size,target", [((300, 200), (512, 512)), ((200, 300), (512, 768)),
+                                         ((1000, 400), (768, 512)), ((64, 64), (64, 64))])
+def test_fit_center_resizes_to_cover_and_crops_the_middle(size, target):
+    img = Image.new("RGB", size)
+    out, (top, left) = fit_center(img, *target)
+    assert out.size == target
+    scale = max(target[0] / size[0], target[1] / size[1])
+    assert left == (round(size[0] * scale) - target[0]) // 2 and top == (round(size[1] * scale) - target[1]) // 2
+
+
+def test_fitted_image_keeps_original_size_and_crop_for_time_ids(tmp_path):
+    path = paint(tmp_path / "wide.png", size=(200, 100), colour=(0, 0, 0), box=(90, 0, 110, 100),
+                 box_colour=(255, 255, 255))
+    fitted = load_fitted(path, 64, 64)
+    assert fitted.original_size == (100, 200) and fitted.crop_top_left == (0, 32)
+    assert fitted.pixels.shape == (3, 64, 64) and fitted.pixels.min() >= -1 and fitted.pixels.max() <= 1
+    # the white bar in the middle of the wide image stays in the middle of the crop
+    assert fitted.pixels[:, :, 30:34].mean() > 0.9 and fitted.pixels[:, :, :8].mean() < -0.9
+
+
+def test_rgba_and_palette_are_flattened_on_white(tmp_path):
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.save(tmp_path / "t.png")
+    assert open_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+    pal = Image.new("P", (8, 8))
+    pal.putpalette([0, 255, 0] * 256)
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)
+    assert open_rgb(tmp_path / "p.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotated_photo_is_upright_and_16bit_and_cmyk_convert(tmp_path):
+    img = Image.new("RGB", (40, 20), (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert open_rgb(tmp_path / "r.jpg").size == (20, 40)
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "d.png")
+    assert open_rgb(tmp_path / "d.png").getpixel((0, 0)) == (255, 255, 255)
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "c.jpg")
+    assert open_rgb(tmp_path / "c.jpg").mode == "RGB"
+
+
+def test_enormous_image_refused_before_decoding(tmp_path, monkeypatch):
+    import trainer.data.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    paint(tmp_path / "big.png", size=(20, 20))
+    with pytest.raises(TrainerError, match=r"big\.png: 20x20 is over"):
+        open_rgb(tmp_path / "big.png")
