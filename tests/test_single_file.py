@@ -26,8 +26,8 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
 def tiny(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
-    folder = write_tiny_model(request.param, tmp / "model", seed=0, pretrain_steps=0)
-    file = write_tiny_checkpoint(request.param, tmp / "model.safetensors", seed=0, pretrain_steps=0)
+    folder = write_tiny_model(request.param, tmp / "model", seed=0)
+    file = write_tiny_checkpoint(request.param, tmp / "model.safetensors", seed=0)
     return request.param, folder, file
 
 

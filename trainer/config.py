@@ -33,6 +33,8 @@ class TrainConfig:
     network_module: str = "networks.lora"
     network_dim: int = 16
     network_alpha: float = 8.0
+    conv_dim: int = 0  # > 0: also LoRA on ResNet / up- / down-sampler convs (kohya's LoCon)
+    conv_alpha: float = 1.0
     # optimisation
     optimizer_type: str = "AdamW"
     learning_rate: float = 1e-4

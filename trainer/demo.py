@@ -61,7 +61,7 @@ def run_demo(out: Path, family: str = "kolors", epochs: int = 12) -> dict[str, P
     data_dir = paint_dataset(out / "dataset")
     config = TrainConfig(
         pretrained_model_name_or_path=str(model_dir), model_family=family, train_data_dir=str(data_dir),
-        resolution=str(SIZE), network_dim=8, network_alpha=8, learning_rate=3e-3, max_train_epochs=epochs,
+        resolution=str(SIZE), network_dim=8, network_alpha=8, conv_dim=8, conv_alpha=8, learning_rate=3e-3, max_train_epochs=epochs,
         train_batch_size=2, seed=7, output_dir=str(out / "lora"), output_name=f"{TRIGGER}_{family}",
         class_tokens=TRIGGER, sample_prompts=[f"{TRIGGER}, a yellow star, blue background"])
     write_text(out / "run.toml", config.to_toml())

@@ -13,6 +13,8 @@ import torch
 # Attention projections of every diffusers Transformer2DModel block: self-attention (attn1),
 # cross-attention (attn2, the text conditioning) and the output projection.
 ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# kohya's conv LoRA (LoCon, conv_dim): the 3x3 convs of ResNet blocks and of the samplers.
+CONV_TARGETS = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
 
 
 @dataclass

@@ -32,8 +32,10 @@ class TrainedLora:
         return int(downs[0].shape[0]) if downs else 0
 
 
-def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet") -> dict[str, torch.Tensor]:
-    """peft adapter state (``<path>.lora_A.weight``) -> kohya keys, with the trained alpha.
+def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet", conv_modules=(),
+                  conv_alpha: float = 1.0) -> dict[str, torch.Tensor]:
+    """peft adapter state (``<path>.lora_A.weight``) -> kohya keys, with the trained alphas
+    (``conv_alpha`` for the modules in ``conv_modules``, ``alpha`` for the others).
 
     diffusers' converter writes alpha = rank for every module; the real alpha is set here, or
     the LoRA would load at the wrong strength everywhere.
@@ -41,8 +43,9 @@ def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet") -> dict[
     from diffusers.utils import convert_state_dict_to_kohya
 
     kohya = convert_state_dict_to_kohya({f"{prefix}.{k}": v for k, v in peft_state.items()})
-    return {k: (torch.tensor(float(alpha)) if k.endswith(".alpha") else v.detach().clone())
-            for k, v in kohya.items()}
+    conv_keys = {f"lora_{prefix}_" + name.replace(".", "_") + ".alpha" for name in conv_modules}
+    return {k: (torch.tensor(float(conv_alpha if k in conv_keys else alpha)) if k.endswith(".alpha")
+                else v.detach().clone()) for k, v in kohya.items()}
 
 
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float) -> dict[str, str]:
@@ -55,7 +58,8 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network_dim),
         "ss_network_alpha": str(float(config.network_alpha)),
-        "ss_network_args": json.dumps({"target_modules": family.lora_targets}),
+        "ss_network_args": json.dumps({"conv_dim": str(config.conv_dim), "conv_alpha": str(config.conv_alpha)}
+                                      if config.conv_dim else {}),
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": Path(config.pretrained_model_name_or_path).name,
         "ss_learning_rate": str(config.learning_rate),

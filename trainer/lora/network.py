@@ -7,11 +7,27 @@ import torch
 ADAPTER = "lt_lora"
 
 
-def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_name: str = ADAPTER) -> list:
-    """Inject LoRA into ``unet``'s ``targets``; return the trainable parameters (kept in fp32)."""
+def conv_module_names(unet, conv_targets: list[str]) -> list[str]:
+    """Names of the Conv2d modules matching ``conv_targets`` (also once peft has wrapped them)."""
+    names = []
+    for name, module in unet.named_modules():
+        name = name.removesuffix(".base_layer")
+        if isinstance(module, torch.nn.Conv2d) and any(name.endswith("." + t) for t in conv_targets):
+            names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_name: str = ADAPTER,
+                  conv_rank: int = 0, conv_alpha: float = 1.0, conv_targets: list[str] = ()) -> list:
+    """Inject LoRA into ``unet``'s ``targets`` (and, with ``conv_rank``, into ``conv_targets`` at
+    their own rank/alpha); return the trainable parameters (kept in fp32)."""
     from peft import LoraConfig
 
-    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets),
+    convs = conv_module_names(unet, list(conv_targets)) if conv_rank else []
+    patterns = {f"^{name.replace('.', '[.]')}$": None for name in convs}
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets) + convs,
+                        rank_pattern={p: int(conv_rank) for p in patterns},
+                        alpha_pattern={p: float(conv_alpha) for p in patterns},
                         init_lora_weights=True)
     unet.add_adapter(config, adapter_name=adapter_name)
     params = []

@@ -18,7 +18,6 @@ from . import configs
 from .tokenizers import clip_vocab_size, write_chatglm_tokenizer, write_clip_tokenizer
 
 CHATGLM_VOCAB = 64
-PRETRAIN_STEPS = 150
 
 
 def _model_index(family, parts: dict) -> dict:
@@ -45,9 +44,8 @@ def _init_chatglm(model) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
 
 
-def build_tiny_parts(family_name: str, tokenizer_folder: Path, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> dict:
-    """Instantiate the tiny components (tokenizers are written to ``tokenizer_folder``); the UNet
-    is pre-trained for ``pretrain_steps`` so that it denoises like a real base model."""
+def build_tiny_parts(family_name: str, tokenizer_folder: Path, seed: int = 0) -> dict:
+    """Instantiate the tiny components (tokenizers are written to ``tokenizer_folder``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -82,24 +80,17 @@ def build_tiny_parts(family_name: str, tokenizer_folder: Path, seed: int = 0, pr
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
-    if pretrain_steps:
-        from diffusers import EulerDiscreteScheduler
-
-        from .pretrain import pretrain
-
-        pipe = family.build_pipeline(dict(parts), EulerDiscreteScheduler.from_config(family.sampling_schedule))
-        pretrain(family, pipe, steps=pretrain_steps, seed=seed)
     return parts
 
 
-def write_tiny_model(family_name: str, folder, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
+def write_tiny_model(family_name: str, folder, seed: int = 0) -> Path:
     """Write a tiny diffusers folder for ``family_name`` (sd15, sdxl, kolors); returns it."""
     from diffusers import EulerDiscreteScheduler
 
     family = get_family(family_name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    parts = build_tiny_parts(family.name, folder, seed, pretrain_steps)
+    parts = build_tiny_parts(family.name, folder, seed)
     for name, obj in parts.items():
         if isinstance(obj, torch.nn.Module):
             obj.save_pretrained(str(folder / name), safe_serialization=True)
@@ -113,7 +104,7 @@ def write_tiny_model(family_name: str, folder, seed: int = 0, pretrain_steps: in
     return folder
 
 
-def write_tiny_checkpoint(family_name: str, file, seed: int = 0, pretrain_steps: int = PRETRAIN_STEPS) -> Path:
+def write_tiny_checkpoint(family_name: str, file, seed: int = 0) -> Path:
     """Write a tiny single-file checkpoint (SD1.5 or SDXL, LDM/SGM key names)."""
     import tempfile
 
@@ -121,5 +112,5 @@ def write_tiny_checkpoint(family_name: str, file, seed: int = 0, pretrain_steps:
 
     family = get_family(family_name)
     with tempfile.TemporaryDirectory() as tmp:
-        parts = build_tiny_parts(family.name, Path(tmp), seed, pretrain_steps)
+        parts = build_tiny_parts(family.name, Path(tmp), seed)
         return write_single_file(family.name, parts, file)

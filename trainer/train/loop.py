@@ -15,7 +15,8 @@ from ..config import TrainConfig
 from ..data.dataset import Dataset, load_dataset
 from ..errors import TrainerError
 from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
-from ..lora.network import ADAPTER, add_unet_lora, unet_lora_state_dict
+from ..families.base import CONV_TARGETS
+from ..lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .batches import epoch_batches, make_batch
 from .precision import default_device, resolve_precision
@@ -83,7 +84,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     model.to(device)
     family, unet = model.family, model.unet
     scheduler = family.training_scheduler()
-    params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets)
+    params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets,
+                           conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -134,7 +136,9 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
 
-    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha)
+    convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
+    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha,
+                            conv_modules=convs, conv_alpha=config.conv_alpha)
     lora = TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started))
     per_step = float(np.median(step_times)) if step_times else 0.0
     return TrainResult(lora, model, losses, step, steps, epoch, per_step, stopped)
