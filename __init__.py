@@ -1,0 +1,11 @@
+"""ComfyUI entry point of the LoRA trainer pack.
+
+ComfyUI imports this folder as a package (under whatever name it has in custom_nodes/), so every
+import below is relative: the pack's own ``nodes`` never shadows ComfyUI's top-level ``nodes``.
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./js"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
