@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -11,6 +12,8 @@ from .train.loop import Callbacks
 def quiet_libraries() -> None:
     """Hide download/shard progress bars and advisory warnings of diffusers/transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # bitsandbytes' CPU backend logs a warning about an optional kernel package at import time
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import diffusers
     import transformers
 

@@ -97,6 +97,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                 num_training_steps=steps)
     gen = torch.Generator().manual_seed(config.seed)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+    scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_samples} per epoch, "
            f"batch {config.train_batch_size} -> {steps} steps")
     if cb.on_start:
@@ -117,10 +119,12 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 loss = diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast)
                 if not torch.isfinite(loss):
                     raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
