@@ -92,3 +92,27 @@ def test_should_stop_ends_within_one_step(tiny_models, star_dataset):
                          resolution="64", max_train_epochs=5)
     result = train(config, callbacks=callbacks)
     assert result.steps == 3 and result.stopped and result.total_steps == 200
+
+
+def test_nan_loss_stops_with_causes_and_writes_nothing(tiny_models, star_dataset, tmp_path):
+    from trainer.config import TrainConfig
+    from trainer.train.loop import train
+
+    out = tmp_path / "out"
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_models("sd15")), train_data_dir=str(star_dataset),
+                         resolution="64", learning_rate=1e30, max_grad_norm=0, max_train_steps=20,
+                         output_dir=str(out))
+    with pytest.raises(TrainerError, match=r"Loss became (nan|inf) at step \d+\. Likely causes: learning rate"):
+        train(config)
+    assert not out.exists()
+
+
+def test_fp16_variant_folder_loads_in_the_asked_dtype(tiny_models, tmp_path):
+    """Kolors-diffusers ships only *.fp16.safetensors weights."""
+    folder = shutil.copytree(tiny_models("kolors"), tmp_path / "kolors_fp16")
+    for sub, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (folder / sub / f"{name}.safetensors").rename(folder / sub / f"{name}.fp16.safetensors")
+    model = load_model(folder, dtype="bf16")
+    assert model.unet.dtype == torch.bfloat16 and model.pipe.text_encoder.dtype == torch.bfloat16
+    reference = load_model(tiny_models("kolors"), dtype="bf16")
+    assert torch.equal(model.unet.conv_in.weight, reference.unet.conv_in.weight)

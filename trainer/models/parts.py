@@ -40,10 +40,18 @@ def load_diffusers_model(folder, subfolder: str, cls_name: str, dtype, what: str
     return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, variant=_variant(path))
 
 
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56; ComfyUI installs have either."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def load_transformers_model(folder, subfolder: str, cls, dtype, what: str):
     path = Path(folder) / subfolder
     _require_config(path, what)
-    return cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, variant=_variant(path))
+    return cls.from_pretrained(str(path), local_files_only=True, variant=_variant(path), **{_dtype_kwarg(): dtype})
 
 
 def load_clip_tokenizer(folder, subfolder: str, tokenizer_dir=None):
