@@ -46,12 +46,12 @@ def test_training_schedules():
 
 
 def test_time_ids_carry_original_size_and_crop(tiny_models):
-    from trainer.train.batches import Batch
+    from trainer.train.sources import LatentBatch
     from trainer.train.step import batch_time_ids
 
     model = load_model(tiny_models("sdxl"))
-    batch = Batch(torch.zeros(1, 3, 64, 64), ["x"], [(100, 200)], [(0, 32)])
-    assert batch_time_ids(model.family, model.pipe, batch, 64, 64).tolist() == [[100, 200, 0, 32, 64, 64]]
+    batch = LatentBatch(torch.zeros(1, 4, 8, 8), [(100, 200)], [(0, 32)])
+    assert batch_time_ids(model.family, batch, 64, 64).tolist() == [[100, 200, 0, 32, 64, 64]]
 
 
 def test_missing_folder_component_and_unknown_family(tiny_models, tmp_path):

@@ -48,14 +48,25 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
     seed: int = 42
-    clip_skip: int = 0  # 0: the family default
+    clip_skip: int = 0  # kohya's: 1 = last CLIP layer, 2 = penultimate; 0 = the family default
+    # caching (kohya names): encode every image / caption once instead of every step
+    cache_latents: bool = False
+    cache_latents_to_disk: bool = False
+    cache_text_encoder_outputs: bool = False
+    cache_text_encoder_outputs_to_disk: bool = False
+    cache_dir: str = ""  # where disk caches go; default <output_dir>/cache
     # output
     output_dir: str = "output"
     output_name: str = "lora"
     save_precision: str = "fp16"  # fp16 | bf16 | fp32
     save_model_as: str = "safetensors"
-    # preview samples after training
+    save_every_n_epochs: int = 0  # 0: only the final save
+    save_last_n_epochs: int = 0  # keep only the newest N epoch saves (0: keep all)
+    # preview samples during and after training (kohya's prompt-line options)
     sample_prompts: list[str] = field(default_factory=list)
+    sample_every_n_epochs: int = 0
+    sample_every_n_steps: int = 0
+    sample_at_first: bool = False
     sample_steps: int = 20
     sample_cfg: float = 7.0
     sample_sampler: str = "euler_a"

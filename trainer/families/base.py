@@ -63,7 +63,7 @@ class Family:
     def encode_text(self, pipe, captions: list[str], device, clip_skip: int | None = None) -> Conditioning:
         raise NotImplementedError
 
-    def time_ids(self, pipe, original_size, crop_top_left, target_size) -> torch.Tensor:
+    def time_ids(self, original_size, crop_top_left, target_size) -> torch.Tensor:
         """SDXL-style micro-conditioning: (orig h, orig w, crop top, crop left, target h, w)."""
         ids = list(original_size) + list(crop_top_left) + list(target_size)
         return torch.tensor(ids, dtype=torch.float32)

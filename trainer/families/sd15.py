@@ -17,8 +17,17 @@ class SD15(Family):
 
     @torch.no_grad()
     def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
-        context, _ = pipe.encode_prompt(captions, device, 1, False, clip_skip=clip_skip)
-        return Conditioning(context)
+        if not clip_skip:
+            context, _ = pipe.encode_prompt(captions, device, 1, False)
+            return Conditioning(context)
+        # diffusers' own clip_skip path reaches for `text_encoder.text_model`, which transformers 5
+        # no longer has; same computation: an earlier layer through the final layer norm.
+        encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+        norm = getattr(encoder, "text_model", encoder).final_layer_norm
+        return Conditioning(norm(hidden).to(encoder.dtype))
 
 
 SD15_FAMILY = SD15(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..data.dataset import Dataset
-from .batches import make_batch
 from .precision import resolve_precision
-from .step import batch_time_ids, diffusion_loss, encode_latents, sample_noise
+from .sources import LatentSource, TextSource
+from .step import batch_time_ids, diffusion_loss, sample_noise
 
 
 def dataset_loss(model, dataset: Dataset, width: int, height: int, seed: int = 0, draws: int = 4,
@@ -17,25 +17,22 @@ def dataset_loss(model, dataset: Dataset, width: int, height: int, seed: int = 0
     device = model.unet.device
     _, autocast = resolve_precision(mixed_precision, device)
     scheduler = model.family.training_scheduler()
+    latents_from = LatentSource(model, dataset, width, height)
+    text_from = TextSource(model, clip_skip)
     gen = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
+    total = 0.0
     with torch.inference_mode(False), torch.no_grad():
-        for index in range(len(dataset.items)):
-            batch = make_batch(dataset, [index] * draws, width, height)
-            latents = encode_latents(model.vae, batch.pixels, gen).to(device)
-            cond = model.family.encode_text(model.pipe, batch.captions, device, clip_skip)
-            time_ids = batch_time_ids(model.family, model.pipe, batch, width, height)
-            noise, timesteps = sample_noise(latents, gen, scheduler.config.num_train_timesteps)
-            total += float(diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast))
-            count += 1
-    return total / max(count, 1)
+        for index, item in enumerate(dataset.items):
+            batch = latents_from.batch([index] * draws, gen, device)
+            cond = text_from.batch([item.caption] * draws, device)
+            time_ids = batch_time_ids(model.family, batch, width, height)
+            noise, timesteps = sample_noise(batch.latents, gen, scheduler.config.num_train_timesteps)
+            total += float(diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast))
+    return total / max(len(dataset.items), 1)
 
 
 @torch.no_grad()
 def dataset_latents(model, dataset: Dataset, width: int, height: int) -> torch.Tensor:
     """The VAE latents (distribution means, scaled) of every image: [N, 4, h, w]."""
-    batch = make_batch(dataset, list(range(len(dataset.items))), width, height)
-    vae = model.vae
-    mean = vae.encode(batch.pixels.to(vae.device, vae.dtype)).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (mean - shift) * vae.config.scaling_factor
+    source = LatentSource(model, dataset, width, height)
+    return source.batch(list(range(len(dataset.items))), None, model.unet.device).latents

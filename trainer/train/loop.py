@@ -18,9 +18,12 @@ from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save
 from ..families.base import CONV_TARGETS
 from ..lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
 from ..models.loader import LoadedModel, load_model
-from .batches import epoch_batches, make_batch
+from .batches import epoch_batches
+from .devices import encoders_on, offload_cached_encoders, restore_encoders
 from .precision import default_device, resolve_precision
-from .step import batch_time_ids, diffusion_loss, encode_latents, sample_noise
+from .snapshots import save_epoch, wants_samples
+from .sources import LatentSource, TextSource
+from .step import batch_time_ids, diffusion_loss, sample_noise
 
 NAN_HELP = ("Loss became {value} at step {step}. Likely causes: learning rate too high (try half), "
             "fp16 overflow (use bf16 or no mixed precision), or an fp16 VAE (use sdxl-vae-fp16-fix "
@@ -33,13 +36,14 @@ class Callbacks:
 
     on_start: Callable[[int, Dataset], None] | None = None  # (total steps, dataset)
     on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
+    on_samples: Callable[[int, dict], None] | None = None  # (step, {name: png path})
     should_stop: Callable[[], bool] | None = None
     log: Callable[[str], None] = print
 
 
 @dataclass
 class TrainResult:
-    lora: TrainedLora
+    lora: TrainedLora | None
     model: LoadedModel  # with the trained adapter active
     losses: list[float]
     steps: int
@@ -48,6 +52,7 @@ class TrainResult:
     seconds_per_step: float
     stopped: bool = False
     files: dict[str, Path] = field(default_factory=dict)
+    encoder_calls: dict[str, int] = field(default_factory=dict)  # VAE / text-encoder calls made
 
 
 def seed_everything(seed: int) -> None:
@@ -61,6 +66,18 @@ def total_steps(config: TrainConfig, dataset: Dataset) -> int:
     if config.max_train_steps:
         return int(config.max_train_steps)
     return dataset.steps_per_epoch(config.train_batch_size) * config.max_train_epochs
+
+
+def diffusers_clip_skip(clip_skip: int) -> int | None:
+    """kohya counts the last layer as 1 (2 = penultimate); diffusers counts layers skipped."""
+    return clip_skip - 1 if clip_skip and clip_skip > 1 else None
+
+
+def extract_lora(unet, config: TrainConfig, family, dataset, step: int, epoch: int, started: float) -> TrainedLora:
+    convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
+    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha,
+                            conv_modules=convs, conv_alpha=config.conv_alpha)
+    return TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started))
 
 
 def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
@@ -84,6 +101,15 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     model.to(device)
     family, unet = model.family, model.unet
     scheduler = family.training_scheduler()
+    cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
+    latents_from = LatentSource(model, dataset, width, height, config.cache_latents,
+                                cache_dir if config.cache_latents_to_disk else None)
+    text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
+                           cache_dir if config.cache_text_encoder_outputs_to_disk else None)
+    latents_from.prepare(cb.log)
+    text_from.prepare([item.caption for item in dataset.items], device, cb.log)
+    offload_cached_encoders(model, config, device)
+
     params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets,
                            conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS)
     if config.gradient_checkpointing:
@@ -104,19 +130,36 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     if cb.on_start:
         cb.on_start(steps, dataset)
 
-    losses: list[float] = []
+    result = TrainResult(None, model, [], 0, steps, 0, 0.0)
     started, step, epoch, stopped = time.time(), 0, 0, False
     step_times: list[float] = []
+
+    def snapshot() -> TrainedLora:
+        return extract_lora(unet, config, family, dataset, step, epoch, started)
+
+    def sample(tag: str) -> None:
+        from ..sample_prompts import write_samples
+
+        unet.eval()
+        with encoders_on(model, device):
+            files = write_samples(model, config, Path(config.output_dir) / "samples", tag)
+        unet.train()
+        result.files.update(files)
+        if cb.on_samples:
+            cb.on_samples(step, files)
+
+    if wants_samples(config, 0, None):
+        sample("_e000000")
     with torch.inference_mode(False), torch.enable_grad():
         while step < steps and not stopped:
-            for indices in epoch_batches(dataset, config.train_batch_size, config.seed, epoch):
+            batches = epoch_batches(dataset, config.train_batch_size, config.seed, epoch)
+            for position, indices in enumerate(batches, 1):
                 t0 = time.perf_counter()
-                batch = make_batch(dataset, indices, width, height)
-                latents = encode_latents(model.vae, batch.pixels, gen).to(device)
-                cond = family.encode_text(model.pipe, batch.captions, device, config.clip_skip or None)
-                time_ids = batch_time_ids(family, model.pipe, batch, width, height)
-                noise, timesteps = sample_noise(latents, gen, scheduler.config.num_train_timesteps)
-                loss = diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast)
+                batch = latents_from.batch(indices, gen, device)
+                cond = text_from.batch([dataset.items[i].caption for i in indices], device)
+                time_ids = batch_time_ids(family, batch, width, height)
+                noise, timesteps = sample_noise(batch.latents, gen, scheduler.config.num_train_timesteps)
+                loss = diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast)
                 if not torch.isfinite(loss):
                     raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
                 scaler.scale(loss).backward()
@@ -128,24 +171,30 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                losses.append(float(loss.item()))
+                result.losses.append(float(loss.item()))
                 step_times.append(time.perf_counter() - t0)
                 if cb.on_step:
-                    cb.on_step(step, steps, losses[-1])
-                if step >= steps or (cb.should_stop and cb.should_stop()):
-                    stopped = step < steps
+                    cb.on_step(step, steps, result.losses[-1])
+                if wants_samples(config, step, None):
+                    sample(f"_s{step:06d}")
+                stopped = step < steps and bool(cb.should_stop and cb.should_stop())
+                if stopped or step >= steps:
                     break
             epoch += 1
+            if position == len(batches) and not stopped:  # a whole epoch done
+                if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and step < steps:
+                    result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log)
+                if wants_samples(config, step, epoch):
+                    sample(f"_e{epoch:06d}")
     unet.eval()
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
-
-    convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
-    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha,
-                            conv_modules=convs, conv_alpha=config.conv_alpha)
-    lora = TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started))
-    per_step = float(np.median(step_times)) if step_times else 0.0
-    return TrainResult(lora, model, losses, step, steps, epoch, per_step, stopped)
+    restore_encoders(model, device)
+    result.lora, result.steps, result.epochs = snapshot(), step, epoch
+    result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
+    result.stopped = stopped
+    result.encoder_calls = {"vae": latents_from.vae_calls, "text": text_from.encoder_calls}
+    return result
 
 
 def save_outputs(result: TrainResult, config: TrainConfig) -> dict[str, Path]:

@@ -1,27 +1,17 @@
-"""One diffusion training step: encode, add the family's noise, predict, MSE loss."""
+"""One diffusion training step: add the family's noise, predict, MSE loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .batches import Batch
 
 
-@torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    pixels = pixels.to(vae.device, vae.dtype)
-    dist = vae.encode(pixels).latent_dist
-    noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype).to(dist.mean.device)
-    latents = dist.mean + dist.std * noise
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
-
-
-def batch_time_ids(family, pipe, batch: Batch, width: int, height: int) -> torch.Tensor | None:
+def batch_time_ids(family, batch, width: int, height: int) -> torch.Tensor | None:
+    """Per-sample SDXL/Kolors time ids from a batch's original sizes and crop offsets."""
     if not family.uses_time_ids:
         return None
-    return torch.stack([family.time_ids(pipe, orig, crop, (height, width))
+    return torch.stack([family.time_ids(orig, crop, (height, width))
                         for orig, crop in zip(batch.original_sizes, batch.crops)])
 
 

@@ -1,0 +1,80 @@
+"""Training options with their effect shown: caching (call counts), epoch saves, samples."""
+
+import pytest
+import torch
+
+from trainer.config import TrainConfig
+from trainer.train.loop import Callbacks, diffusers_clip_skip, train
+
+
+def config_for(model_dir, data, out, **values):
+    base = dict(pretrained_model_name_or_path=str(model_dir), train_data_dir=str(data), resolution="64",
+                network_dim=4, network_alpha=4, learning_rate=1e-3, train_batch_size=4, max_train_epochs=2,
+                output_dir=str(out), output_name="opt")
+    return TrainConfig(**{**base, **values})
+
+
+@pytest.mark.parametrize("family", ["sdxl", "kolors"])
+def test_caching_encodes_each_image_and_caption_once_and_disk_cache_is_reused(tiny_models, star_dataset,
+                                                                               tmp_path, family):
+    live = train(config_for(tiny_models(family), star_dataset, tmp_path / "live"))
+    assert live.encoder_calls == {"vae": 20, "text": 20}  # 4 images x 10 repeats x 2 epochs / batch 4
+    cached_cfg = config_for(tiny_models(family), star_dataset, tmp_path / "c", cache_latents=True,
+                            cache_latents_to_disk=True, cache_text_encoder_outputs=True,
+                            cache_text_encoder_outputs_to_disk=True)
+    first = train(cached_cfg)
+    assert first.encoder_calls == {"vae": 4, "text": 1}  # 4 images, 1 distinct caption
+    second = train(cached_cfg)
+    assert second.encoder_calls == {"vae": 0, "text": 0}
+    assert len(list((tmp_path / "c" / "cache").glob("*.safetensors"))) == 5
+    # the cached conditioning is the same tensors: identical training
+    assert second.losses == first.losses
+    memory_only = train(config_for(tiny_models(family), star_dataset, tmp_path / "m", cache_latents=True,
+                                   cache_text_encoder_outputs=True))
+    assert memory_only.losses == first.losses and not (tmp_path / "m" / "cache").exists()
+
+
+def test_cache_key_follows_file_content(tiny_models, star_dataset, tmp_path):
+    values = dict(cache_latents=True, cache_latents_to_disk=True, max_train_steps=1)
+    train(config_for(tiny_models("sd15"), star_dataset, tmp_path, **values))
+    image = next((star_dataset / "10_ltdemo").glob("*.png"))
+    from PIL import Image
+
+    Image.new("RGB", (96, 96), (0, 255, 0)).save(image)
+    again = train(config_for(tiny_models("sd15"), star_dataset, tmp_path, **values))
+    assert again.encoder_calls["vae"] == 1  # only the changed image is encoded again
+
+
+def test_save_every_n_epochs_keeps_the_last_n(tiny_models, star_dataset, tmp_path):
+    logs = []
+    result = train(config_for(tiny_models("sd15"), star_dataset, tmp_path, max_train_epochs=5,
+                              save_every_n_epochs=1, save_last_n_epochs=2, train_batch_size=8),
+                   callbacks=Callbacks(log=logs.append))
+    names = sorted(p.name for p in tmp_path.glob("opt-*.safetensors"))
+    assert names == ["opt-000003.safetensors", "opt-000004.safetensors"]  # epoch 5 is the final save
+    assert any("removed old save opt-000001" in line for line in logs)
+    assert result.epochs == 5
+
+
+def test_samples_at_first_every_n_steps_and_epochs_reach_the_callback(tiny_models, star_dataset, tmp_path):
+    seen = []
+    config = config_for(tiny_models("sdxl"), star_dataset, tmp_path, max_train_epochs=2, sample_at_first=True,
+                        sample_every_n_steps=7, sample_every_n_epochs=1, sample_steps=2,
+                        sample_prompts=["ltdemo --d 5 --w 64 --h 64"])
+    train(config, callbacks=Callbacks(on_samples=lambda step, files: seen.append((step, sorted(files)))))
+    # 10 steps per epoch: before step 1, step 7, end of epoch 1 (step 10), step 14, end of epoch 2
+    assert [s for s, _ in seen] == [0, 7, 10, 14, 20]
+    assert (tmp_path / "samples" / "opt_sample_00_e000001.png").is_file()
+
+
+def test_clip_skip_uses_kohya_numbering(tiny_models):
+    from trainer.models.loader import load_model
+
+    assert diffusers_clip_skip(0) is None and diffusers_clip_skip(1) is None and diffusers_clip_skip(2) == 1
+    model = load_model(tiny_models("sd15"))
+    enc = model.pipe.text_encoder
+    tokens = model.pipe.tokenizer(["ltdemo"], padding="max_length", max_length=77, return_tensors="pt")
+    hidden = enc(tokens.input_ids, output_hidden_states=True).hidden_states
+    cond = model.family.encode_text(model.pipe, ["ltdemo"], torch.device("cpu"), diffusers_clip_skip(2))
+    # kohya's clip_skip 2 = the penultimate layer, passed through the final layer norm
+    torch.testing.assert_close(cond.context, enc.text_model.final_layer_norm(hidden[-2]))

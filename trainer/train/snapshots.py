@@ -1,0 +1,39 @@
+"""Saving during training: kohya's per-epoch saves (``<name>-000003.safetensors``), keeping only
+the newest ``save_last_n_epochs``, and samples at kohya's moments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..lora.kohya_format import save_lora
+
+
+def epoch_file(config, epoch: int) -> Path:
+    return Path(config.output_dir) / f"{config.output_name}-{epoch:06d}.safetensors"
+
+
+def save_epoch(lora, config, epoch: int, log=print) -> Path:
+    """Save the epoch's LoRA; delete epoch saves older than the newest ``save_last_n_epochs``."""
+    path = save_lora(lora, epoch_file(config, epoch), config.save_precision)
+    keep = config.save_last_n_epochs
+    if keep:
+        every = max(1, config.save_every_n_epochs)
+        old = epoch - keep * every
+        while old > 0:
+            stale = epoch_file(config, old)
+            if stale.is_file():
+                stale.unlink()
+                log(f"removed old save {stale.name} (save_last_n_epochs={keep})")
+            old -= every
+    return path
+
+
+def wants_samples(config, step: int, epoch_end: int | None) -> bool:
+    """kohya: sample every N steps, at the end of every N-th epoch, and optionally before step 1."""
+    if not config.sample_prompts:
+        return False
+    if step == 0:
+        return config.sample_at_first
+    if epoch_end is not None:
+        return bool(config.sample_every_n_epochs) and epoch_end % config.sample_every_n_epochs == 0
+    return bool(config.sample_every_n_steps) and step % config.sample_every_n_steps == 0

@@ -1,0 +1,166 @@
+"""Where a batch's latents and text conditioning come from: encoded live every step, or cached.
+
+With ``cache_latents`` every image is fitted and VAE-encoded once (the distribution's mean and
+std are kept, so each step still draws a fresh latent sample); with
+``cache_text_encoder_outputs`` every distinct caption is encoded once. Both caches can live on
+disk (``cache_dir``), keyed by file content + model + size + crop (+ clip skip for text), so a
+second run on the same data does no VAE and no text-encoder work at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..atomic import save_safetensors
+from ..data.dataset import Dataset
+from ..data.images import load_fitted
+from ..families import Conditioning
+
+
+@dataclass
+class LatentBatch:
+    latents: torch.Tensor  # scaled, [B, 4, h, w]
+    original_sizes: list[tuple[int, int]]
+    crops: list[tuple[int, int]]
+
+
+def model_key(model) -> str:
+    """Identity of the model's encoders for cache keys: source, family, VAE config, a weight sample."""
+    vae_weight = next(model.vae.parameters())
+    parts = [model.source, model.family.name, json.dumps(dict(model.vae.config), sort_keys=True, default=str),
+             f"{float(vae_weight.float().sum()):.6e}"]
+    for encoder in model.text_encoders():
+        parts.append(f"{float(next(encoder.parameters()).float().sum()):.6e}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _scale(vae, mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (mean + std * noise - shift) * vae.config.scaling_factor
+
+
+class LatentSource:
+    """Fits and VAE-encodes images; with ``cache`` each image only once (in memory and on disk)."""
+
+    def __init__(self, model, dataset: Dataset, width: int, height: int, cache: bool = False,
+                 cache_dir: Path | None = None):
+        self.model, self.dataset, self.size = model, dataset, (width, height)
+        self.cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.memory: dict[int, tuple] = {}
+        self.model_key = model_key(model) if cache else ""
+        self.vae_calls = 0
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor):
+        vae = self.model.vae
+        self.vae_calls += 1
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return dist.mean.float().cpu(), dist.std.float().cpu()
+
+    def _disk_path(self, index: int) -> Path:
+        item = self.dataset.items[index]
+        key = f"{file_digest(item.path)}_{self.model_key}_{self.size[0]}x{self.size[1]}_center"
+        return self.cache_dir / f"{key}.safetensors"
+
+    def _cached(self, index: int):
+        if index in self.memory:
+            return self.memory[index]
+        path = self._disk_path(index) if self.cache_dir else None
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            t = load_file(str(path))
+            entry = (t["mean"], t["std"], tuple(t["original_size"].tolist()), tuple(t["crop"].tolist()))
+        else:
+            fitted = load_fitted(self.dataset.items[index].path, *self.size)
+            mean, std = self._encode(fitted.pixels[None])
+            entry = (mean[0], std[0], fitted.original_size, fitted.crop_top_left)
+            if path is not None:
+                save_safetensors(path, {"mean": entry[0], "std": entry[1],
+                                        "original_size": torch.tensor(entry[2]), "crop": torch.tensor(entry[3])})
+        self.memory[index] = entry
+        return entry
+
+    def prepare(self, log=print) -> None:
+        """Fill the cache before training (no-op without caching)."""
+        if not self.cache:
+            return
+        for index in range(len(self.dataset.items)):
+            self._cached(index)
+        log(f"latents cached for {len(self.dataset.items)} images ({self.vae_calls} VAE calls)")
+
+    def batch(self, indices: list[int], generator: torch.Generator | None, device) -> LatentBatch:
+        """Scaled latents drawn from each image's distribution (its mean when ``generator`` is None)."""
+        if self.cache:
+            entries = [self._cached(i) for i in indices]
+            mean = torch.stack([e[0] for e in entries])
+            std = torch.stack([e[1] for e in entries])
+            sizes, crops = [e[2] for e in entries], [e[3] for e in entries]
+        else:
+            fitted = [load_fitted(self.dataset.items[i].path, *self.size) for i in indices]
+            mean, std = self._encode(torch.stack([f.pixels for f in fitted]))
+            sizes, crops = [f.original_size for f in fitted], [f.crop_top_left for f in fitted]
+        noise = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
+        return LatentBatch(_scale(self.model.vae, mean, std, noise).to(device), sizes, crops)
+
+
+class TextSource:
+    """Encodes captions; with ``cache`` each distinct caption only once (in memory and on disk)."""
+
+    def __init__(self, model, clip_skip: int | None, cache: bool = False, cache_dir: Path | None = None):
+        self.model, self.clip_skip, self.cache = model, clip_skip, cache
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.memory: dict[str, Conditioning] = {}
+        self.model_key = model_key(model) if cache else ""
+        self.encoder_calls = 0
+
+    def _encode(self, captions: list[str], device) -> Conditioning:
+        self.encoder_calls += 1
+        return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip)
+
+    def _cached(self, caption: str, device) -> Conditioning:
+        if caption in self.memory:
+            return self.memory[caption]
+        key = hashlib.sha256(f"{caption}|{self.model_key}|{self.clip_skip}".encode()).hexdigest()[:32]
+        path = self.cache_dir / f"text_{key}.safetensors" if self.cache_dir else None
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            t = load_file(str(path))
+            cond = Conditioning(t["context"], t.get("pooled"))
+        else:
+            enc = self._encode([caption], device)
+            cond = Conditioning(enc.context[0].cpu(), None if enc.pooled is None else enc.pooled[0].cpu())
+            if path is not None:
+                tensors = {"context": cond.context} | ({} if cond.pooled is None else {"pooled": cond.pooled})
+                save_safetensors(path, tensors)
+        self.memory[caption] = cond
+        return cond
+
+    def prepare(self, captions: list[str], device, log=print) -> None:
+        if not self.cache:
+            return
+        for caption in dict.fromkeys(captions):
+            self._cached(caption, device)
+        log(f"text encoder outputs cached for {len(self.memory)} captions ({self.encoder_calls} encoder calls)")
+
+    def batch(self, captions: list[str], device) -> Conditioning:
+        if not self.cache:
+            return self._encode(captions, device)
+        conds = [self._cached(c, device) for c in captions]
+        pooled = None if conds[0].pooled is None else torch.stack([c.pooled for c in conds])
+        return Conditioning(torch.stack([c.context for c in conds]), pooled).to(device)
