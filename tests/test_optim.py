@@ -186,3 +186,11 @@ def test_scheduler_errors_say_what_to_change():
         build_lr_scheduler("cosine_annealing_warm", opt, 0, 100)
     with pytest.raises(TrainerError, match="3-5"):
         build_lr_scheduler("cosine_with_restarts", opt, 0, 100, num_cycles=0)
+
+
+def test_adamw8bit_uses_bitsandbytes_where_it_runs():
+    if optim_mod._bnb_adamw8bit_works("cpu") is not None:
+        pytest.skip("bitsandbytes 8-bit kernels do not run on this CPU")
+    logs = []
+    opt = build_optimizer("AdamW8bit", _params(size=8192), 1e-3, [], "cpu", log=logs.append)
+    assert type(opt).__module__.startswith("bitsandbytes") and logs == []

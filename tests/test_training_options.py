@@ -77,4 +77,4 @@ def test_clip_skip_uses_kohya_numbering(tiny_models):
     hidden = enc(tokens.input_ids, output_hidden_states=True).hidden_states
     cond = model.family.encode_text(model.pipe, ["ltdemo"], torch.device("cpu"), diffusers_clip_skip(2))
     # kohya's clip_skip 2 = the penultimate layer, passed through the final layer norm
-    torch.testing.assert_close(cond.context, enc.text_model.final_layer_norm(hidden[-2]))
+    torch.testing.assert_close(cond.context, enc.final_layer_norm(hidden[-2]))
