@@ -77,4 +77,29 @@ def test_clip_skip_uses_kohya_numbering(tiny_models):
     hidden = enc(tokens.input_ids, output_hidden_states=True).hidden_states
     cond = model.family.encode_text(model.pipe, ["ltdemo"], torch.device("cpu"), diffusers_clip_skip(2))
     # kohya's clip_skip 2 = the penultimate layer, passed through the final layer norm
-    torch.testing.assert_close(cond.context, enc.final_layer_norm(hidden[-2]))
+    torch.testing.assert_close(cond.context, getattr(enc, "text_model", enc).final_layer_norm(hidden[-2]))
+
+
+@pytest.mark.parametrize("stop_after,cache", [(7, False), (10, True)])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_models, star_dataset, tmp_path,
+                                                                 stop_after, cache):
+    values = dict(max_train_epochs=3, train_batch_size=4, lr_scheduler="cosine", lr_warmup_steps=3,
+                  cache_latents=cache, conv_dim=4, conv_alpha=2)
+    whole = train(config_for(tiny_models("sdxl"), star_dataset, tmp_path / "whole", **values))
+    seen = []
+    out = tmp_path / "parts"
+    first = train(config_for(tiny_models("sdxl"), star_dataset, out, **values),
+                  callbacks=Callbacks(on_step=lambda s, t, l: seen.append(s), should_stop=lambda: len(seen) >= stop_after))
+    assert first.stopped and first.steps == stop_after and (out / "opt-state" / "optimizer.pt").is_file()
+    resumed = train(config_for(tiny_models("sdxl"), star_dataset, out, resume=str(out / "opt-state"), **values))
+    assert resumed.steps == whole.steps == 30
+    assert resumed.losses == pytest.approx(whole.losses, abs=1e-6)
+    for key, tensor in whole.lora.tensors.items():
+        assert (resumed.lora.tensors[key] - tensor).abs().max() <= 1e-6, key
+
+
+def test_resume_from_a_folder_that_is_not_a_state(tmp_path, tiny_models, star_dataset):
+    from trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match="Cannot resume from .*lora.safetensors, optimizer.pt, progress.json missing"):
+        train(config_for(tiny_models("sd15"), star_dataset, tmp_path, resume=str(tmp_path)))

@@ -62,6 +62,8 @@ class TrainConfig:
     save_model_as: str = "safetensors"
     save_every_n_epochs: int = 0  # 0: only the final save
     save_last_n_epochs: int = 0  # keep only the newest N epoch saves (0: keep all)
+    save_state: bool = False  # also save the exact training state at every epoch end
+    resume: str = ""  # a <output_name>-state folder to continue from
     # preview samples during and after training (kohya's prompt-line options)
     sample_prompts: list[str] = field(default_factory=list)
     sample_every_n_epochs: int = 0

@@ -22,6 +22,7 @@ from .batches import epoch_batches
 from .devices import encoders_on, offload_cached_encoders, restore_encoders
 from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
+from .state import Progress, load_state, save_state, state_dir
 from .sources import LatentSource, TextSource
 from .step import batch_time_ids, diffusion_loss, sample_noise
 
@@ -131,8 +132,18 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         cb.on_start(steps, dataset)
 
     result = TrainResult(None, model, [], 0, steps, 0, 0.0)
-    started, step, epoch, stopped = time.time(), 0, 0, False
+    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
+    progress = Progress()
+    if config.resume:
+        progress = load_state(config.resume, trainable, optimizer, lr_schedule, scaler, gen)
+        result.losses = list(progress.losses)
+        cb.log(f"resumed from {config.resume} at step {progress.step} (epoch {progress.epoch + 1})")
+    started, step, epoch, stopped = time.time(), progress.step, progress.epoch, False
     step_times: list[float] = []
+
+    def checkpoint(position: int) -> None:
+        save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen,
+                   Progress(step, epoch, position, result.losses), config)
 
     def snapshot() -> TrainedLora:
         return extract_lora(unet, config, family, dataset, step, epoch, started)
@@ -148,12 +159,14 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         if cb.on_samples:
             cb.on_samples(step, files)
 
-    if wants_samples(config, 0, None):
+    if wants_samples(config, step, None) and step == 0:
         sample("_e000000")
     with torch.inference_mode(False), torch.enable_grad():
         while step < steps and not stopped:
             batches = epoch_batches(dataset, config.train_batch_size, config.seed, epoch)
             for position, indices in enumerate(batches, 1):
+                if epoch == progress.epoch and position <= progress.position:
+                    continue  # done before the resume
                 t0 = time.perf_counter()
                 batch = latents_from.batch(indices, gen, device)
                 cond = text_from.batch([dataset.items[i].caption for i in indices], device)
@@ -178,14 +191,21 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 if wants_samples(config, step, None):
                     sample(f"_s{step:06d}")
                 stopped = step < steps and bool(cb.should_stop and cb.should_stop())
+                if stopped:
+                    checkpoint(position)
+                    cb.log(f"stopped at step {step}; resume with resume = \"{state_dir(config)}\"")
                 if stopped or step >= steps:
                     break
+            if stopped:
+                break
             epoch += 1
             if position == len(batches) and not stopped:  # a whole epoch done
                 if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and step < steps:
                     result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log)
                 if wants_samples(config, step, epoch):
                     sample(f"_e{epoch:06d}")
+                if config.save_state:
+                    checkpoint(0)
     unet.eval()
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()

@@ -176,6 +176,7 @@ def diffusion_loss_fn(pred: torch.Tensor, target: torch.Tensor, loss_type: str =
             c = c.view(-1, *([1] * (a.ndim - 1)))
         if bool((c <= 0).any()):
             raise TrainerError(f"huber_c must be positive (got {huber_c}); 0.1 is kohya's default.")
-        root = torch.sqrt((a - b) ** 2 + c ** 2) - c
+        sq = (a - b) ** 2
+        root = sq / (torch.sqrt(sq + c ** 2) + c)  # = sqrt(sq + c^2) - c, without fp32 cancellation
         elem = 2 * c * root if kind == "huber" else 2 * root
     return elem.reshape(elem.shape[0], -1).mean(dim=1)

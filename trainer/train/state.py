@@ -1,0 +1,88 @@
+"""Exact resume: everything that decides the next step, saved as one folder.
+
+    <output_dir>/<output_name>-state/
+        lora.safetensors   the trainable LoRA tensors, fp32
+        optimizer.pt       optimizer + lr schedule + loss-scaler state (plain tensors/numbers:
+                           read back with weights_only=True, never executing pickled code)
+        progress.json      step, epoch, batch position in the epoch, losses, config
+
+The data order is a function of (seed, epoch), and the noise generator's state is saved, so a run
+interrupted at step k and resumed ends with the same weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import TrainerError
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches already done in ``epoch``
+    losses: list | None = None
+
+
+def state_dir(config) -> Path:
+    return Path(config.output_dir) / f"{config.output_name}-state"
+
+
+def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
+               progress: Progress, config) -> Path:
+    """Write the state folder atomically (a temp folder renamed over the old one)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file({name: p.detach().float().contiguous() for name, p in params.items()}, str(tmp / "lora.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "generator": generator.get_state()}, tmp / "optimizer.pt")
+        (tmp / "progress.json").write_text(json.dumps({
+            "step": progress.step, "epoch": progress.epoch, "position": progress.position,
+            "losses": progress.losses or [], "config": config.to_dict()}, indent=1), encoding="utf-8")
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def load_state(folder, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator) -> Progress:
+    folder = Path(folder)
+    needed = [folder / n for n in ("lora.safetensors", "optimizer.pt", "progress.json")]
+    missing = [p.name for p in needed if not p.is_file()]
+    if missing:
+        raise TrainerError(f"Cannot resume from {folder}: {', '.join(missing)} missing. Point resume at a "
+                           "<output_name>-state folder written by save_state or an interrupted run.")
+    tensors = load_file(str(needed[0]))
+    if set(tensors) != set(params):
+        raise TrainerError(f"Cannot resume from {folder}: its LoRA does not match this run's network "
+                           "(network_dim, conv_dim or model differ). Use the same settings or start fresh.")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])
+    try:
+        saved = torch.load(needed[1], weights_only=True, map_location="cpu")
+    except Exception as err:  # an unpickling error names what it refused
+        raise TrainerError(f"Cannot resume from {needed[1]}: {err}") from None
+    optimizer.load_state_dict(saved["optimizer"])
+    lr_schedule.load_state_dict(saved["lr_schedule"])
+    if scaler.is_enabled() and saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    generator.set_state(saved["generator"])
+    info = json.loads(needed[2].read_text(encoding="utf-8"))
+    return Progress(info["step"], info["epoch"], info["position"], info["losses"])
