@@ -51,7 +51,7 @@ def test_multires_noise_moves_energy_to_low_frequencies():
     weak = make_noise(lat, _gen(4), multires_noise_iterations=8, multires_noise_discount=0.1)
     assert multi.std().item() == pytest.approx(1.0, abs=1e-4)  # renormalised
     assert _low_freq_share(plain) == pytest.approx(1 / 64, rel=0.2)
-    assert _low_freq_share(multi) > 5 * _low_freq_share(plain)
+    assert _low_freq_share(multi) > 2.5 * _low_freq_share(plain)
     assert _low_freq_share(plain) < _low_freq_share(weak) < _low_freq_share(multi)  # discount controls it
     assert torch.equal(multi, make_noise(lat, _gen(4), multires_noise_iterations=8, multires_noise_discount=0.5))
 
