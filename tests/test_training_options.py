@@ -103,3 +103,40 @@ def test_resume_from_a_folder_that_is_not_a_state(tmp_path, tiny_models, star_da
 
     with pytest.raises(TrainerError, match="Cannot resume from .*lora.safetensors, optimizer.pt, progress.json missing"):
         train(config_for(tiny_models("sd15"), star_dataset, tmp_path, resume=str(tmp_path)))
+
+
+def test_options_reach_the_loop(tiny_models, star_dataset, tmp_path, monkeypatch):
+    from trainer.families.sdxl import SDXL
+
+    seen = []
+    original = SDXL.encode_text
+    monkeypatch.setattr(SDXL, "encode_text", lambda self, pipe, captions, *a, **k: (
+        seen.extend(captions), original(self, pipe, captions, *a, **k))[1])
+    values = dict(max_train_steps=12, train_batch_size=2)
+    plain = train(config_for(tiny_models("sdxl"), star_dataset, tmp_path / "a", **values))
+    assert set(seen) == {"ltdemo, a yellow star, blue background"}
+    seen.clear()
+    tuned = train(config_for(tiny_models("sdxl"), star_dataset, tmp_path / "b", shuffle_caption=True, keep_tokens=1,
+                             caption_tag_dropout_rate=0.3, lr_scheduler="cosine_with_restarts",
+                             lr_scheduler_num_cycles=3, lr_warmup_steps=0.25, optimizer_type="Lion",
+                             learning_rate=1e-4, noise_offset=0.1, min_snr_gamma=5, loss_type="huber", **values))
+    assert all(c.startswith("ltdemo") for c in seen) and len(set(seen)) > 2  # shuffled, tags dropped
+    assert any(c.count(",") < 2 for c in seen)
+    assert plain.learning_rates == [1e-3] * 12
+    lrs = tuned.learning_rates
+    assert lrs[0] < lrs[2] < lrs[3] == pytest.approx(1e-4)  # warmup: 25% of 12 steps
+    assert sum(1 for i in range(4, 11) if lrs[i] > lrs[i - 1] and lrs[i] > lrs[i + 1]) >= 1  # a restart
+    assert tuned.losses != plain.losses
+
+
+def test_preset_fills_defaults_and_user_values_win(tmp_path):
+    config = TrainConfig.from_dict({"preset": "sdxl_character", "network_dim": 16})
+    assert (config.network_dim, config.network_alpha, config.unet_lr, config.max_train_epochs) == (16, 4.0, 2e-4, 10)
+    assert 'preset = "sdxl_character"' in config.to_toml()
+
+
+def test_cached_text_and_caption_shuffle_refused():
+    from trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match="cache_text_encoder_outputs .* shuffle_caption"):
+        TrainConfig(cache_text_encoder_outputs=True, shuffle_caption=True).validate()

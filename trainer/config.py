@@ -29,6 +29,12 @@ class TrainConfig:
     dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
     caption_extension: str = ".txt"
     class_tokens: str = ""  # trigger word: caption for images without a caption file
+    shuffle_caption: bool = False
+    keep_tokens: int = 0  # the first N tags stay in place when shuffling / dropping tags
+    keep_tokens_separator: str = ""  # or: everything before this separator stays in place
+    caption_separator: str = ","
+    caption_dropout_rate: float = 0.0  # share of steps an image trains with an empty caption
+    caption_tag_dropout_rate: float = 0.0  # share of (non-kept) tags dropped per step
     # network
     network_module: str = "networks.lora"
     network_dim: int = 16
@@ -36,17 +42,35 @@ class TrainConfig:
     conv_dim: int = 0  # > 0: also LoRA on ResNet / up- / down-sampler convs (kohya's LoCon)
     conv_alpha: float = 1.0
     # optimisation
-    optimizer_type: str = "AdamW"
+    preset: str = ""  # anime | realistic | sdxl_character | kolors: fills defaults, your values win
+    optimizer_type: str = "AdamW"  # AdamW | AdamW8bit | Lion | Prodigy | Adafactor | SGD
+    optimizer_args: list[str] = field(default_factory=list)  # e.g. ["weight_decay=0.01", "betas=(0.9,0.99)"]
     learning_rate: float = 1e-4
     unet_lr: float | None = None
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
+    lr_warmup_steps: float = 0  # a step count, or a ratio of the total steps when below 1
+    lr_scheduler_num_cycles: int = 1  # restarts of cosine_with_restarts (seed 000: 3-5)
+    lr_scheduler_power: float = 1.0  # polynomial
     max_train_epochs: int = 10
     max_train_steps: int = 0  # 0: derived from epochs
     train_batch_size: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
+    # noise and loss
+    noise_offset: float = 0.0
+    noise_offset_random_strength: bool = False
+    adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int = 0  # seed 000: 6-10
+    multires_noise_discount: float = 0.3  # seed 000: 0.3-0.8
+    min_timestep: int | None = None
+    max_timestep: int | None = None
+    min_snr_gamma: float | None = None  # 5 is usual
+    v_parameterization: bool = False  # for v-prediction models (SD2-style)
+    loss_type: str = "l2"  # l2 | l1 | huber | smooth_l1
+    huber_c: float = 0.1
+    huber_schedule: str = "snr"  # constant | exponential | snr
+    huber_scale: float = 1.0
     seed: int = 42
     clip_skip: int = 0  # kohya's: 1 = last CLIP layer, 2 = penultimate; 0 = the family default
     # caching (kohya names): encode every image / caption once instead of every step
@@ -93,6 +117,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self.size()
+        if self.cache_text_encoder_outputs and (self.shuffle_caption or self.caption_dropout_rate
+                                                 or self.caption_tag_dropout_rate):
+            raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption and "
+                               "caption (tag) dropout cannot work with it: turn one of them off.")
         for name in ("network_dim", "train_batch_size", "max_train_epochs", "dataset_repeats"):
             if int(getattr(self, name)) < 1:
                 raise TrainerError(f"{name} must be at least 1 (got {getattr(self, name)}).")
@@ -126,6 +154,10 @@ class TrainConfig:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else " (not supported yet; ignored)"
             warnings.warn(f"{source}: unknown setting '{key}'{hint}", stacklevel=2)
+        if flat.get("preset"):
+            from .presets import apply_preset
+
+            flat = apply_preset(flat["preset"], flat) | {"preset": flat["preset"]}
         config = cls(**{k: v for k, v in flat.items() if k in known})
         return config._coerced()
 
@@ -160,6 +192,8 @@ class TrainConfig:
                 raise TrainerError(f"{f.name} = {value!r} is not a valid {kind}.") from None
         if isinstance(self.sample_prompts, str):
             self.sample_prompts = [p for p in self.sample_prompts.splitlines() if p.strip()]
+        if isinstance(self.optimizer_args, str):
+            self.optimizer_args = self.optimizer_args.split()
         return self
 
     def to_dict(self) -> dict:

@@ -74,10 +74,11 @@ class Family:
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids}
         return kwargs
 
-    def training_scheduler(self):
+    def training_scheduler(self, v_prediction: bool = False):
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler(**self.training_schedule)
+        kind = "v_prediction" if v_prediction else self.training_schedule["prediction_type"]
+        return DDPMScheduler(**{**self.training_schedule, "prediction_type": kind})
 
 
 def scaled_linear(num_train_timesteps: int, beta_end: float, **extra) -> dict:

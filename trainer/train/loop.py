@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..data.captions import process_caption
 from ..data.dataset import Dataset, load_dataset
 from ..errors import TrainerError
 from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
@@ -24,7 +25,8 @@ from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
 from .state import Progress, load_state, save_state, state_dir
 from .sources import LatentSource, TextSource
-from .step import batch_time_ids, diffusion_loss, sample_noise
+from .optim import build_lr_scheduler, build_optimizer
+from .step import batch_time_ids, diffusion_loss, draw_noise
 
 NAN_HELP = ("Loss became {value} at step {step}. Likely causes: learning rate too high (try half), "
             "fp16 overflow (use bf16 or no mixed precision), or an fp16 VAE (use sdxl-vae-fp16-fix "
@@ -54,6 +56,7 @@ class TrainResult:
     stopped: bool = False
     files: dict[str, Path] = field(default_factory=dict)
     encoder_calls: dict[str, int] = field(default_factory=dict)  # VAE / text-encoder calls made
+    learning_rates: list[float] = field(default_factory=list)  # the lr each step used
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +70,14 @@ def total_steps(config: TrainConfig, dataset: Dataset) -> int:
     if config.max_train_steps:
         return int(config.max_train_steps)
     return dataset.steps_per_epoch(config.train_batch_size) * config.max_train_epochs
+
+
+def caption_for_step(config: TrainConfig, caption: str, rng: random.Random) -> str:
+    """kohya's per-step caption handling: shuffle, keep tokens, tag and caption dropout."""
+    if not (config.shuffle_caption or config.caption_dropout_rate or config.caption_tag_dropout_rate):
+        return caption
+    return process_caption(caption, rng, config.shuffle_caption, config.keep_tokens, config.keep_tokens_separator,
+                           config.caption_dropout_rate, config.caption_tag_dropout_rate, config.caption_separator)
 
 
 def diffusers_clip_skip(clip_skip: int) -> int | None:
@@ -101,7 +112,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     seed_everything(config.seed)
     model.to(device)
     family, unet = model.family, model.unet
-    scheduler = family.training_scheduler()
+    scheduler = family.training_scheduler(config.v_parameterization)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
     latents_from = LatentSource(model, dataset, width, height, config.cache_latents,
                                 cache_dir if config.cache_latents_to_disk else None)
@@ -117,13 +128,14 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         unet.enable_gradient_checkpointing()
     unet.train()
 
-    optimizer = torch.optim.AdamW(params, lr=config.unet_lr or config.learning_rate, weight_decay=1e-2)
+    lr = config.unet_lr or config.learning_rate
+    optimizer = build_optimizer(config.optimizer_type, [{"params": params, "lr": lr}], lr, config.optimizer_args,
+                                device, cb.log)
     steps = total_steps(config, dataset)
-    from diffusers.optimization import get_scheduler
-
-    lr_schedule = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
-                                num_training_steps=steps)
+    lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
+                                     config.lr_scheduler_num_cycles, config.lr_scheduler_power, cb.log)
     gen = torch.Generator().manual_seed(config.seed)
+    caption_rng = random.Random(config.seed)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_samples} per epoch, "
@@ -135,14 +147,14 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     progress = Progress()
     if config.resume:
-        progress = load_state(config.resume, trainable, optimizer, lr_schedule, scaler, gen)
+        progress = load_state(config.resume, trainable, optimizer, lr_schedule, scaler, gen, caption_rng)
         result.losses = list(progress.losses)
         cb.log(f"resumed from {config.resume} at step {progress.step} (epoch {progress.epoch + 1})")
     started, step, epoch, stopped = time.time(), progress.step, progress.epoch, False
     step_times: list[float] = []
 
     def checkpoint(position: int) -> None:
-        save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen,
+        save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen, caption_rng,
                    Progress(step, epoch, position, result.losses), config)
 
     def snapshot() -> TrainedLora:
@@ -169,10 +181,12 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                     continue  # done before the resume
                 t0 = time.perf_counter()
                 batch = latents_from.batch(indices, gen, device)
-                cond = text_from.batch([dataset.items[i].caption for i in indices], device)
+                captions = [caption_for_step(config, dataset.items[i].caption, caption_rng) for i in indices]
+                cond = text_from.batch(captions, device)
                 time_ids = batch_time_ids(family, batch, width, height)
-                noise, timesteps = sample_noise(batch.latents, gen, scheduler.config.num_train_timesteps)
-                loss = diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast)
+                noise, timesteps = draw_noise(batch.latents, gen, scheduler, config)
+                loss = diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast,
+                                      config)
                 if not torch.isfinite(loss):
                     raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
                 scaler.scale(loss).backward()
@@ -181,6 +195,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
+                result.learning_rates.append(float(optimizer.param_groups[0]["lr"]))
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1

@@ -38,7 +38,7 @@ def state_dir(config) -> Path:
 
 
 def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
-               progress: Progress, config) -> Path:
+               caption_rng, progress: Progress, config) -> Path:
     """Write the state folder atomically (a temp folder renamed over the old one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,8 @@ def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, gener
     try:
         save_file({name: p.detach().float().contiguous() for name, p in params.items()}, str(tmp / "lora.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "generator": generator.get_state()}, tmp / "optimizer.pt")
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "generator": generator.get_state(),
+                    "caption_rng": caption_rng.getstate()}, tmp / "optimizer.pt")
         (tmp / "progress.json").write_text(json.dumps({
             "step": progress.step, "epoch": progress.epoch, "position": progress.position,
             "losses": progress.losses or [], "config": config.to_dict()}, indent=1), encoding="utf-8")
@@ -61,7 +62,8 @@ def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, gener
     return folder
 
 
-def load_state(folder, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator) -> Progress:
+def load_state(folder, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
+               caption_rng) -> Progress:
     folder = Path(folder)
     needed = [folder / n for n in ("lora.safetensors", "optimizer.pt", "progress.json")]
     missing = [p.name for p in needed if not p.is_file()]
@@ -84,5 +86,7 @@ def load_state(folder, params: dict, optimizer, lr_schedule, scaler, generator: 
     if scaler.is_enabled() and saved["scaler"]:
         scaler.load_state_dict(saved["scaler"])
     generator.set_state(saved["generator"])
+    version, internal, gauss = saved["caption_rng"]
+    caption_rng.setstate((version, tuple(internal), gauss))
     info = json.loads(needed[2].read_text(encoding="utf-8"))
     return Progress(info["step"], info["epoch"], info["position"], info["losses"])

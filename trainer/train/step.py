@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .noise import diffusion_loss_fn, huber_threshold, loss_weights_min_snr, make_noise, sample_timesteps
+
 
 
 def batch_time_ids(family, batch, width: int, height: int) -> torch.Tensor | None:
@@ -15,8 +17,20 @@ def batch_time_ids(family, batch, width: int, height: int) -> torch.Tensor | Non
                         for orig, crop in zip(batch.original_sizes, batch.crops)])
 
 
-def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast) -> torch.Tensor:
-    """MSE between the UNet's prediction and the target (epsilon, or v for v-prediction)."""
+def draw_noise(latents: torch.Tensor, generator: torch.Generator, scheduler, config):
+    """Noise (with the config's offset / multires options) and timesteps in its range."""
+    noise = make_noise(latents, generator, config.noise_offset, config.noise_offset_random_strength,
+                       config.multires_noise_iterations, config.multires_noise_discount,
+                       config.adaptive_noise_scale)
+    timesteps = sample_timesteps(latents.shape[0], generator, scheduler.config.num_train_timesteps,
+                                 config.min_timestep, config.max_timestep, latents.device)
+    return noise.to(latents.device, latents.dtype), timesteps
+
+
+def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast,
+                   config=None) -> torch.Tensor:
+    """Loss between the UNet's prediction and the target (epsilon, or v for v-prediction): MSE,
+    or the config's loss_type, with min-SNR weighting when min_snr_gamma is set."""
     unet = model.unet
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
@@ -28,7 +42,15 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
                                       None if time_ids is None else time_ids.to(unet.device, dtype))
     with autocast:
         pred = unet(noisy.to(dtype), timesteps.to(unet.device), **kwargs).sample
-    return F.mse_loss(pred.float(), target.float())
+    if config is None:
+        return F.mse_loss(pred.float(), target.float())
+    huber_c = config.huber_c
+    if config.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_threshold(scheduler, timesteps, config.huber_c, config.huber_schedule, config.huber_scale)
+    per_sample = diffusion_loss_fn(pred, target, config.loss_type, huber_c)
+    weights = loss_weights_min_snr(scheduler, timesteps, config.min_snr_gamma,
+                                   scheduler.config.prediction_type == "v_prediction")
+    return (per_sample * weights.to(per_sample.device)).mean()
 
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, num_timesteps: int):
