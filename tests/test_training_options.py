@@ -140,3 +140,27 @@ def test_cached_text_and_caption_shuffle_refused():
 
     with pytest.raises(TrainerError, match="cache_text_encoder_outputs .* shuffle_caption"):
         TrainConfig(cache_text_encoder_outputs=True, shuffle_caption=True).validate()
+
+
+def test_validation_split_holds_out_images_and_reports_a_loss_per_epoch(tiny_models, tmp_path):
+    from conftest import paint
+
+    data = tmp_path / "data"
+    for i in range(5):
+        paint(data / "2_thing" / f"{i}.png", box=(4 * i, 8, 40, 40))
+    logs = []
+    result = train(config_for(tiny_models("sd15"), data, tmp_path / "out", validation_split=0.2, max_train_epochs=3,
+                              train_batch_size=2), callbacks=Callbacks(log=logs.append))
+    assert result.steps == 3 * 4  # 4 training images x 2 repeats / batch 2, the 5th is held out
+    assert [epoch for epoch, _ in result.validation_losses] == [1, 2, 3]
+    assert any("validation loss" in line and "1 held-out images" in line for line in logs)
+    assert any("s/step: about" in line for line in logs)
+
+
+def test_overfitting_signal_names_seed_000_remedies():
+    from trainer.train.validation import overfitting_warning
+
+    falling = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    assert overfitting_warning(falling, [(1, 0.5), (2, 0.45), (3, 0.44)]) is None
+    warning = overfitting_warning(falling, [(1, 0.4), (2, 0.45), (3, 0.5)])
+    assert "over-fitting" in warning and "lower the learning rate" in warning and "fewer epochs" in warning

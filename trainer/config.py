@@ -27,6 +27,7 @@ class TrainConfig:
     train_data_dir: str = ""
     resolution: str = "1024"  # "512" or "W,H" such as "512,768"
     dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
+    validation_split: float = 0.0  # share of images held out for a validation loss per epoch
     caption_extension: str = ".txt"
     class_tokens: str = ""  # trigger word: caption for images without a caption file
     shuffle_caption: bool = False

@@ -117,3 +117,20 @@ def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extensi
             f"{caption_extension} captions), or kohya-style subfolders such as 10_mychar/.")
     return Dataset(root, items, notes)
 
+
+
+def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Hold out ``ratio`` of the images (at least one, never all) for a validation loss."""
+    if not ratio:
+        return dataset, None
+    if not 0 < ratio < 1:
+        raise TrainerError(f"validation_split {ratio} must be between 0 and 1 (e.g. 0.1 holds out 10%).")
+    if dataset.num_images < 2:
+        raise TrainerError("validation_split needs at least 2 images: add images or set it to 0.")
+    import random
+
+    count = min(dataset.num_images - 1, max(1, round(dataset.num_images * ratio)))
+    held = set(random.Random(seed).sample(range(dataset.num_images), count))
+    train = [item for i, item in enumerate(dataset.items) if i not in held]
+    val = [item for i, item in enumerate(dataset.items) if i in held]
+    return Dataset(dataset.root, train, dataset.notes), Dataset(dataset.root, val)

@@ -13,13 +13,15 @@ import torch
 
 from ..config import TrainConfig
 from ..data.captions import process_caption
-from ..data.dataset import Dataset, load_dataset
+from ..data.dataset import Dataset, load_dataset, split_validation
 from ..errors import TrainerError
 from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
 from ..families.base import CONV_TARGETS
 from ..lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .batches import epoch_batches
+from .evaluate import dataset_loss
+from .validation import overfitting_warning
 from .devices import encoders_on, offload_cached_encoders, restore_encoders
 from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
@@ -57,6 +59,8 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
     encoder_calls: dict[str, int] = field(default_factory=dict)  # VAE / text-encoder calls made
     learning_rates: list[float] = field(default_factory=list)  # the lr each step used
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (epoch, loss)
+    warnings: list[str] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +108,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                                config.caption_extension)
     for note in dataset.notes:
         cb.log(f"note: {note}")
+    dataset, validation_set = split_validation(dataset, config.validation_split, config.seed)
     if model is None:
         if not config.pretrained_model_name_or_path:
             raise TrainerError("No model given: set pretrained_model_name_or_path to a diffusers folder or checkpoint.")
@@ -171,6 +176,18 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         if cb.on_samples:
             cb.on_samples(step, files)
 
+    def validate(epoch_done: int) -> None:
+        unet.eval()
+        loss = dataset_loss(model, validation_set, width, height, seed=config.seed,
+                            mixed_precision=config.mixed_precision, clip_skip=diffusers_clip_skip(config.clip_skip))
+        unet.train()
+        result.validation_losses.append((epoch_done, loss))
+        cb.log(f"epoch {epoch_done}: validation loss {loss:.4f} ({validation_set.num_images} held-out images)")
+        warning = overfitting_warning(result.losses, result.validation_losses)
+        if warning and warning not in result.warnings:
+            result.warnings.append(warning)
+            cb.log(f"warning: {warning}")
+
     if wants_samples(config, step, None) and step == 0:
         sample("_e000000")
     with torch.inference_mode(False), torch.enable_grad():
@@ -201,6 +218,10 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 step += 1
                 result.losses.append(float(loss.item()))
                 step_times.append(time.perf_counter() - t0)
+                if len(step_times) == 3:
+                    per = float(np.median(step_times))
+                    cb.log(f"{per:.2f} s/step: about {per * (steps - step) / 60:.1f} min for the remaining "
+                           f"{steps - step} steps")
                 if cb.on_step:
                     cb.on_step(step, steps, result.losses[-1])
                 if wants_samples(config, step, None):
@@ -219,6 +240,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                     result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log)
                 if wants_samples(config, step, epoch):
                     sample(f"_e{epoch:06d}")
+                if validation_set is not None:
+                    validate(epoch)
                 if config.save_state:
                     checkpoint(0)
     unet.eval()
