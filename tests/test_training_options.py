@@ -164,3 +164,25 @@ def test_overfitting_signal_names_seed_000_remedies():
     assert overfitting_warning(falling, [(1, 0.5), (2, 0.45), (3, 0.44)]) is None
     warning = overfitting_warning(falling, [(1, 0.4), (2, 0.45), (3, 0.5)])
     assert "over-fitting" in warning and "lower the learning rate" in warning and "fewer epochs" in warning
+
+
+def test_regularization_is_balanced_as_kohya_and_weighted(tiny_models, star_dataset, tmp_path):
+    from conftest import paint
+    from trainer.data.dataset import add_regularization, load_dataset
+    from trainer.train.batches import epoch_order
+
+    reg = tmp_path / "reg"
+    for i in range(3):
+        paint(reg / "1_star" / f"{i}.png", colour=(40, 40, 40))
+    data = add_regularization(load_dataset(star_dataset), reg)
+    assert (data.num_images, data.num_reg_images, data.num_train_samples, data.num_samples) == (4, 3, 40, 80)
+    order = epoch_order(data, 0, 0)
+    regs = [i for i in order if data.items[i].is_reg]
+    assert len(regs) == 40 and {regs.count(i) for i in set(regs)} <= {13, 14}  # cycled evenly
+    assert all(data.items[i].caption == "star" for i in regs)  # class token from the folder name
+    result = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "o", reg_data_dir=str(reg),
+                              prior_loss_weight=0.0, train_batch_size=1, max_train_epochs=1))
+    assert result.steps == 80
+    zero = [loss for loss in result.losses if loss == 0.0]
+    assert len(zero) == 40  # regularization samples weigh nothing with prior_loss_weight 0
+    assert result.lora.metadata["ss_num_reg_images"] == "3"

@@ -28,6 +28,8 @@ class TrainConfig:
     resolution: str = "1024"  # "512" or "W,H" such as "512,768"
     dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
     validation_split: float = 0.0  # share of images held out for a validation loss per epoch
+    reg_data_dir: str = ""  # regularization images (kohya "N_class" subfolders or plain images)
+    prior_loss_weight: float = 1.0  # loss weight of the regularization samples
     caption_extension: str = ".txt"
     class_tokens: str = ""  # trigger word: caption for images without a caption file
     shuffle_caption: bool = False

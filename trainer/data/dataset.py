@@ -30,6 +30,7 @@ class ImageItem:
     caption: str
     repeats: int
     folder: str  # the subfolder name (kohya's dataset dir), "" for the root
+    is_reg: bool = False  # a regularization (prior) image
 
 
 @dataclass
@@ -39,13 +40,36 @@ class Dataset:
     notes: list[str] = field(default_factory=list)  # skipped files, ignored folders
 
     @property
+    def train_items(self) -> list[ImageItem]:
+        return [item for item in self.items if not item.is_reg]
+
+    @property
     def num_images(self) -> int:
-        return len(self.items)
+        return len(self.train_items)
+
+    @property
+    def num_reg_images(self) -> int:
+        return len(self.items) - self.num_images
+
+    @property
+    def num_train_samples(self) -> int:
+        return sum(item.repeats for item in self.train_items)
 
     @property
     def num_samples(self) -> int:
-        """Images x repeats: one epoch."""
-        return sum(item.repeats for item in self.items)
+        """One epoch: training images x repeats, plus as many regularization samples (kohya
+        repeats the regularization set until it matches the training samples)."""
+        return self.num_train_samples * (2 if self.num_reg_images else 1)
+
+    def reg_sequence(self) -> list[int]:
+        """kohya's balancing: cycle through the regularization images, each ``repeats`` times in
+        a row, until there are as many regularization samples as training samples."""
+        regs = [i for i, item in enumerate(self.items) if item.is_reg]
+        out: list[int] = []
+        while regs and len(out) < self.num_train_samples:
+            for i in regs:
+                out += [i] * self.items[i].repeats
+        return out[: self.num_train_samples]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(self.num_samples / batch_size)
@@ -53,7 +77,7 @@ class Dataset:
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya's ss_tag_frequency: per dataset folder, how often each comma-separated tag occurs."""
         freq: dict[str, Counter] = {}
-        for item in self.items:
+        for item in self.train_items:
             tags = [t.strip() for t in item.caption.split(",") if t.strip()]
             freq.setdefault(item.folder or self.root.name, Counter()).update(tags)
         return {k: dict(v) for k, v in freq.items()}
@@ -131,6 +155,18 @@ def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset
 
     count = min(dataset.num_images - 1, max(1, round(dataset.num_images * ratio)))
     held = set(random.Random(seed).sample(range(dataset.num_images), count))
-    train = [item for i, item in enumerate(dataset.items) if i not in held]
-    val = [item for i, item in enumerate(dataset.items) if i in held]
-    return Dataset(dataset.root, train, dataset.notes), Dataset(dataset.root, val)
+    train_items = dataset.train_items
+    train = [item for i, item in enumerate(train_items) if i not in held]
+    val = [item for i, item in enumerate(train_items) if i in held]
+    regs = [item for item in dataset.items if item.is_reg]
+    return Dataset(dataset.root, train + regs, dataset.notes), Dataset(dataset.root, val)
+
+
+def add_regularization(dataset: Dataset, reg_dir, repeats: int = 1, class_token: str = "",
+                       caption_extension: str = ".txt") -> Dataset:
+    """Add a regularization folder (captions optional: seed 000 says 10-20 images need none)."""
+    regs = load_dataset(reg_dir, repeats, class_token, caption_extension)
+    for item in regs.items:
+        item.is_reg = True
+    notes = dataset.notes + [f"regularization: {n}" for n in regs.notes]
+    return Dataset(dataset.root, dataset.items + regs.items, notes)

@@ -51,7 +51,7 @@ def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet", conv_mod
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float) -> dict[str, str]:
     width, height = config.size()
     dirs = {}
-    for item in dataset.items:
+    for item in dataset.train_items:
         entry = dirs.setdefault(item.folder or dataset.root.name, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     meta = {
@@ -72,8 +72,9 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_epoch": str(epochs),
         "ss_num_epochs": str(config.max_train_epochs),
         "ss_batch_size_per_device": str(config.train_batch_size),
-        "ss_num_train_images": str(dataset.num_samples),
-        "ss_num_reg_images": "0",
+        "ss_num_train_images": str(dataset.num_train_samples),
+        "ss_num_reg_images": str(dataset.num_reg_images),
+        "ss_prior_loss_weight": str(config.prior_loss_weight),
         "ss_resolution": f"({width}, {height})",
         "ss_seed": str(config.seed),
         "ss_mixed_precision": config.mixed_precision,

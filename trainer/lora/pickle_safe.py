@@ -7,6 +7,7 @@ a pickle that asks for anything else (``os.system``, a class, a lambda) is refus
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,9 @@ def load_pickle(path) -> dict:
     """The object in a pickle file, loaded with ``weights_only=True`` on the CPU."""
     path = Path(path)
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols says nothing a user can act on
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TrainerError(

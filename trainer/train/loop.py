@@ -13,7 +13,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.captions import process_caption
-from ..data.dataset import Dataset, load_dataset, split_validation
+from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
 from ..errors import TrainerError
 from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
 from ..families.base import CONV_TARGETS
@@ -108,6 +108,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                                config.caption_extension)
     for note in dataset.notes:
         cb.log(f"note: {note}")
+    if config.reg_data_dir and not any(item.is_reg for item in dataset.items):
+        dataset = add_regularization(dataset, config.reg_data_dir, 1, "", config.caption_extension)
     dataset, validation_set = split_validation(dataset, config.validation_split, config.seed)
     if model is None:
         if not config.pretrained_model_name_or_path:
@@ -143,7 +145,9 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     caption_rng = random.Random(config.seed)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
-    cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_samples} per epoch, "
+    reg = (f" + {dataset.num_train_samples} regularization samples ({dataset.num_reg_images} images)"
+           if dataset.num_reg_images else "")
+    cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_train_samples}{reg} per epoch, "
            f"batch {config.train_batch_size} -> {steps} steps")
     if cb.on_start:
         cb.on_start(steps, dataset)
@@ -202,8 +206,10 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 cond = text_from.batch(captions, device)
                 time_ids = batch_time_ids(family, batch, width, height)
                 noise, timesteps = draw_noise(batch.latents, gen, scheduler, config)
+                weights = torch.tensor([config.prior_loss_weight if dataset.items[i].is_reg else 1.0
+                                        for i in indices])
                 loss = diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast,
-                                      config)
+                                      config, weights)
                 if not torch.isfinite(loss):
                     raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
                 scaler.scale(loss).backward()

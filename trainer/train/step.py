@@ -28,7 +28,7 @@ def draw_noise(latents: torch.Tensor, generator: torch.Generator, scheduler, con
 
 
 def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast,
-                   config=None) -> torch.Tensor:
+                   config=None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Loss between the UNet's prediction and the target (epsilon, or v for v-prediction): MSE,
     or the config's loss_type, with min-SNR weighting when min_snr_gamma is set."""
     unet = model.unet
@@ -50,6 +50,8 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
     per_sample = diffusion_loss_fn(pred, target, config.loss_type, huber_c)
     weights = loss_weights_min_snr(scheduler, timesteps, config.min_snr_gamma,
                                    scheduler.config.prediction_type == "v_prediction")
+    if sample_weights is not None:  # prior_loss_weight for regularization samples
+        weights = weights * sample_weights.to(weights.device)
     return (per_sample * weights.to(per_sample.device)).mean()
 
 
