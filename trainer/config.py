@@ -36,6 +36,9 @@ class TrainConfig:
     keep_tokens: int = 0  # the first N tags stay in place when shuffling / dropping tags
     keep_tokens_separator: str = ""  # or: everything before this separator stays in place
     caption_separator: str = ","
+    flip_aug: bool = False
+    color_aug: bool = False
+    random_crop: bool = False
     caption_dropout_rate: float = 0.0  # share of steps an image trains with an empty caption
     caption_tag_dropout_rate: float = 0.0  # share of (non-kept) tags dropped per step
     # network
@@ -124,6 +127,9 @@ class TrainConfig:
                                                  or self.caption_tag_dropout_rate):
             raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption and "
                                "caption (tag) dropout cannot work with it: turn one of them off.")
+        if self.cache_latents and (self.flip_aug or self.color_aug or self.random_crop):
+            raise TrainerError("cache_latents encodes each image once, so flip_aug, color_aug and random_crop "
+                               "cannot vary it: turn caching or the augmentation off.")
         for name in ("network_dim", "train_batch_size", "max_train_epochs", "dataset_repeats"):
             if int(getattr(self, name)) < 1:
                 raise TrainerError(f"{name} must be at least 1 (got {getattr(self, name)}).")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..data.augment import Augment
 from ..data.captions import process_caption
 from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
 from ..errors import TrainerError
@@ -121,8 +122,10 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     family, unet = model.family, model.unet
     scheduler = family.training_scheduler(config.v_parameterization)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
+    caption_rng = random.Random(config.seed)  # captions and augmentation draw from it
     latents_from = LatentSource(model, dataset, width, height, config.cache_latents,
-                                cache_dir if config.cache_latents_to_disk else None)
+                                cache_dir if config.cache_latents_to_disk else None,
+                                Augment.from_config(config), caption_rng)
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
                            cache_dir if config.cache_text_encoder_outputs_to_disk else None)
     latents_from.prepare(cb.log)
@@ -142,7 +145,6 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
                                      config.lr_scheduler_num_cycles, config.lr_scheduler_power, cb.log)
     gen = torch.Generator().manual_seed(config.seed)
-    caption_rng = random.Random(config.seed)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     reg = (f" + {dataset.num_train_samples} regularization samples ({dataset.num_reg_images} images)"

@@ -18,6 +18,7 @@ import torch
 
 from ..atomic import save_safetensors
 from ..data.dataset import Dataset
+from ..data.augment import Augment, load_augmented
 from ..data.images import load_fitted
 from ..families import Conditioning
 
@@ -56,8 +57,9 @@ class LatentSource:
     """Fits and VAE-encodes images; with ``cache`` each image only once (in memory and on disk)."""
 
     def __init__(self, model, dataset: Dataset, width: int, height: int, cache: bool = False,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, augment: Augment | None = None, rng=None):
         self.model, self.dataset, self.size = model, dataset, (width, height)
+        self.augment, self.rng = augment or Augment(), rng
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.memory: dict[int, tuple] = {}
@@ -111,7 +113,11 @@ class LatentSource:
             std = torch.stack([e[1] for e in entries])
             sizes, crops = [e[2] for e in entries], [e[3] for e in entries]
         else:
-            fitted = [load_fitted(self.dataset.items[i].path, *self.size) for i in indices]
+            if self.augment.active:
+                fitted = [load_augmented(self.dataset.items[i].path, *self.size, self.augment, self.rng)
+                          for i in indices]
+            else:
+                fitted = [load_fitted(self.dataset.items[i].path, *self.size) for i in indices]
             mean, std = self._encode(torch.stack([f.pixels for f in fitted]))
             sizes, crops = [f.original_size for f in fitted], [f.crop_top_left for f in fitted]
         noise = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
