@@ -208,3 +208,33 @@ def test_augmentations_change_what_the_vae_sees_and_refuse_cached_latents(tiny_m
     assert 0 < (hue - plain).abs().mean() < 0.2
     with pytest.raises(TrainerError, match="cache_latents .* flip_aug"):
         TrainConfig(cache_latents=True, flip_aug=True).validate()
+
+
+def test_buckets_keep_the_whole_picture_never_mix_and_reach_the_time_ids(tiny_models, tmp_path, monkeypatch):
+    from conftest import paint
+    from trainer.train import step
+
+    data = tmp_path / "data" / "1_x"
+    paint(data / "wide1.png", size=(320, 192))
+    paint(data / "wide2.png", size=(640, 384))
+    paint(data / "tall.png", size=(192, 320))
+    paint(data / "square.png", size=(200, 200))
+    seen = []
+    original = step.batch_time_ids
+    monkeypatch.setattr("trainer.train.loop.batch_time_ids",
+                        lambda family, batch, w, h: (seen.append((batch.latents.shape, original(family, batch, w, h))),
+                                                     seen[-1][1])[1])
+    config = config_for(tiny_models("sdxl"), tmp_path / "data", tmp_path / "out", resolution="256",
+                        enable_bucket=True, min_bucket_reso=64, max_bucket_reso=512, train_batch_size=2,
+                        max_train_epochs=2)
+    result = train(config)
+    assert result.steps == 2 * 3  # buckets 320x192 (2 images), 192x320, 256x256: three batches per epoch
+    assert {tuple(shape) for shape, _ in seen} == {(2, 4, 24, 40), (1, 4, 40, 24), (1, 4, 32, 32)}  # never mixed
+    for shape, ids in seen:
+        assert all(row[4:] == [shape[2] * 8, shape[3] * 8] for row in ids.tolist())  # target size = bucket
+    wide = [ids for shape, ids in seen if shape[0] == 2][0].tolist()
+    assert sorted(tuple(r[:4]) for r in wide) == [(192, 320, 0, 0), (384, 640, 0, 0)]  # nothing cropped
+    import json
+
+    info = json.loads(result.lora.metadata["ss_bucket_info"])
+    assert sum(b["count"] for b in info["buckets"].values()) == 4

@@ -27,6 +27,11 @@ class TrainConfig:
     train_data_dir: str = ""
     resolution: str = "1024"  # "512" or "W,H" such as "512,768"
     dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
+    enable_bucket: bool = False  # aspect-ratio buckets instead of one cropped size
+    min_bucket_reso: int = 256
+    max_bucket_reso: int = 1024  # 2048 is usual for SDXL
+    bucket_reso_steps: int = 64
+    bucket_no_upscale: bool = False  # never enlarge small images
     validation_split: float = 0.0  # share of images held out for a validation loss per epoch
     reg_data_dir: str = ""  # regularization images (kohya "N_class" subfolders or plain images)
     prior_loss_weight: float = 1.0  # loss weight of the regularization samples

@@ -50,8 +50,13 @@ def load_augmented(path, width: int, height: int, aug: Augment, rng: random.Rand
         img, crop = fit_random(img, width, height, rng)
     else:
         img, crop = fit_center(img, width, height)
+    return FittedImage(to_tensor(augment_pixels(img, aug, rng)), original, crop)
+
+
+def augment_pixels(img: Image.Image, aug: Augment, rng: random.Random) -> Image.Image:
+    """The flip and colour parts of ``aug`` (cropping is done by the caller)."""
     if aug.flip_aug and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if aug.color_aug:
         img = shift_hue(img, rng.uniform(-8.0, 8.0))
-    return FittedImage(to_tensor(img), original, crop)
+    return img

@@ -12,7 +12,6 @@ naming it instead of failing hours later.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ class ImageItem:
     repeats: int
     folder: str  # the subfolder name (kohya's dataset dir), "" for the root
     is_reg: bool = False  # a regularization (prior) image
+    size: tuple[int, int] = (0, 0)  # (width, height), upright
 
 
 @dataclass
@@ -71,9 +71,6 @@ class Dataset:
                 out += [i] * self.items[i].repeats
         return out[: self.num_train_samples]
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return math.ceil(self.num_samples / batch_size)
-
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya's ss_tag_frequency: per dataset folder, how often each comma-separated tag occurs."""
         freq: dict[str, Counter] = {}
@@ -91,9 +88,9 @@ def read_caption(path: Path) -> str:
             f"Caption {path} is not UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8.") from None
 
 
-def _check_image(path: Path) -> None:
-    """Fully decode once: catches corrupt and truncated files up front."""
-    open_rgb(path)
+def _check_image(path: Path) -> tuple[int, int]:
+    """Fully decode once: catches corrupt and truncated files up front; returns (width, height)."""
+    return open_rgb(path).size
 
 
 def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str, notes: list) -> list[ImageItem]:
@@ -104,14 +101,14 @@ def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str
             if suffix != caption_ext.lower() and not path.name.startswith("."):
                 notes.append(f"skipped {path.name}: not an image")
             continue
-        _check_image(path)
+        size = _check_image(path)
         caption_file = path.with_suffix(caption_ext)
         caption = read_caption(caption_file) if caption_file.is_file() else ""
         if not caption:
             caption = trigger
             if not caption:
                 notes.append(f"{path.name} has no caption and no trigger word: it trains unconditioned")
-        items.append(ImageItem(path, caption, repeats, label))
+        items.append(ImageItem(path, caption, repeats, label, size=size))
     return items
 
 

@@ -48,7 +48,8 @@ def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet", conv_mod
                 else v.detach().clone()) for k, v in kohya.items()}
 
 
-def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float) -> dict[str, str]:
+def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float,
+                   buckets: dict | None = None) -> dict[str, str]:
     width, height = config.size()
     dirs = {}
     for item in dataset.train_items:
@@ -96,6 +97,12 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "lt_family": family.name,
         "lt_config": config.to_toml(),
     }
+    if buckets:
+        from ..train.bucketing import metadata as bucket_metadata
+
+        meta.update(ss_enable_bucket="True", ss_bucket_info=bucket_metadata(dataset, buckets),
+                    ss_min_bucket_reso=str(config.min_bucket_reso), ss_max_bucket_reso=str(config.max_bucket_reso),
+                    ss_bucket_no_upscale=str(config.bucket_no_upscale))
     if config.class_tokens:
         meta["modelspec.trigger_phrase"] = config.class_tokens
     return meta

@@ -15,7 +15,3 @@ def epoch_order(dataset: Dataset, seed: int, epoch: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return [indices[j] for j in torch.randperm(len(indices), generator=gen).tolist()]
 
-
-def epoch_batches(dataset: Dataset, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    order = epoch_order(dataset, seed, epoch)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

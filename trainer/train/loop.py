@@ -20,7 +20,7 @@ from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save
 from ..families.base import CONV_TARGETS
 from ..lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
 from ..models.loader import LoadedModel, load_model
-from .batches import epoch_batches
+from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .evaluate import dataset_loss
 from .validation import overfitting_warning
 from .devices import encoders_on, offload_cached_encoders, restore_encoders
@@ -70,11 +70,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def total_steps(config: TrainConfig, dataset: Dataset) -> int:
-    """images x repeats / batch per epoch (rounded up), times epochs, unless max_train_steps."""
+def total_steps(config: TrainConfig, dataset: Dataset, buckets: dict | None = None) -> int:
+    """images x repeats / batch per epoch (rounded up, per bucket when bucketing), times epochs,
+    unless max_train_steps."""
     if config.max_train_steps:
         return int(config.max_train_steps)
-    return dataset.steps_per_epoch(config.train_batch_size) * config.max_train_epochs
+    return steps_per_epoch(dataset, buckets, config.train_batch_size) * config.max_train_epochs
 
 
 def caption_for_step(config: TrainConfig, caption: str, rng: random.Random) -> str:
@@ -90,11 +91,12 @@ def diffusers_clip_skip(clip_skip: int) -> int | None:
     return clip_skip - 1 if clip_skip and clip_skip > 1 else None
 
 
-def extract_lora(unet, config: TrainConfig, family, dataset, step: int, epoch: int, started: float) -> TrainedLora:
+def extract_lora(unet, config: TrainConfig, family, dataset, step: int, epoch: int, started: float,
+                 buckets: dict | None = None) -> TrainedLora:
     convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
     tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha,
                             conv_modules=convs, conv_alpha=config.conv_alpha)
-    return TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started))
+    return TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started, buckets))
 
 
 def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
@@ -123,9 +125,10 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     scheduler = family.training_scheduler(config.v_parameterization)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
     caption_rng = random.Random(config.seed)  # captions and augmentation draw from it
+    buckets = assign_buckets(dataset, config)
     latents_from = LatentSource(model, dataset, width, height, config.cache_latents,
                                 cache_dir if config.cache_latents_to_disk else None,
-                                Augment.from_config(config), caption_rng)
+                                Augment.from_config(config), caption_rng, buckets)
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
                            cache_dir if config.cache_text_encoder_outputs_to_disk else None)
     latents_from.prepare(cb.log)
@@ -141,7 +144,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     lr = config.unet_lr or config.learning_rate
     optimizer = build_optimizer(config.optimizer_type, [{"params": params, "lr": lr}], lr, config.optimizer_args,
                                 device, cb.log)
-    steps = total_steps(config, dataset)
+    steps = total_steps(config, dataset, buckets)
     lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
                                      config.lr_scheduler_num_cycles, config.lr_scheduler_power, cb.log)
     gen = torch.Generator().manual_seed(config.seed)
@@ -169,7 +172,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                    Progress(step, epoch, position, result.losses), config)
 
     def snapshot() -> TrainedLora:
-        return extract_lora(unet, config, family, dataset, step, epoch, started)
+        return extract_lora(unet, config, family, dataset, step, epoch, started, buckets)
 
     def sample(tag: str) -> None:
         from ..sample_prompts import write_samples
@@ -198,7 +201,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         sample("_e000000")
     with torch.inference_mode(False), torch.enable_grad():
         while step < steps and not stopped:
-            batches = epoch_batches(dataset, config.train_batch_size, config.seed, epoch)
+            batches = run_batches(dataset, buckets, config.train_batch_size, config.seed, epoch)
             for position, indices in enumerate(batches, 1):
                 if epoch == progress.epoch and position <= progress.position:
                     continue  # done before the resume

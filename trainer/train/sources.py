@@ -18,8 +18,9 @@ import torch
 
 from ..atomic import save_safetensors
 from ..data.dataset import Dataset
-from ..data.augment import Augment, load_augmented
-from ..data.images import load_fitted
+from ..data.augment import Augment, augment_pixels, load_augmented
+from ..data.buckets import apply_bucket
+from ..data.images import FittedImage, load_fitted, open_rgb, to_tensor
 from ..families import Conditioning
 
 
@@ -28,6 +29,7 @@ class LatentBatch:
     latents: torch.Tensor  # scaled, [B, 4, h, w]
     original_sizes: list[tuple[int, int]]
     crops: list[tuple[int, int]]
+    target_size: tuple[int, int] | None = None  # (height, width) of the images, for time ids
 
 
 def model_key(model) -> str:
@@ -57,9 +59,9 @@ class LatentSource:
     """Fits and VAE-encodes images; with ``cache`` each image only once (in memory and on disk)."""
 
     def __init__(self, model, dataset: Dataset, width: int, height: int, cache: bool = False,
-                 cache_dir: Path | None = None, augment: Augment | None = None, rng=None):
+                 cache_dir: Path | None = None, augment: Augment | None = None, rng=None, buckets=None):
         self.model, self.dataset, self.size = model, dataset, (width, height)
-        self.augment, self.rng = augment or Augment(), rng
+        self.augment, self.rng, self.buckets = augment or Augment(), rng, buckets
         self.cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.memory: dict[int, tuple] = {}
@@ -75,7 +77,13 @@ class LatentSource:
 
     def _disk_path(self, index: int) -> Path:
         item = self.dataset.items[index]
-        key = f"{file_digest(item.path)}_{self.model_key}_{self.size[0]}x{self.size[1]}_center"
+        if self.buckets:
+            choice = self.buckets[index]
+            top, left = choice.crop_top_left
+            place = f"{choice.bucket[0]}x{choice.bucket[1]}_{choice.resized_size[0]}x{choice.resized_size[1]}_{top}_{left}"
+        else:
+            place = f"{self.size[0]}x{self.size[1]}_center"
+        key = f"{file_digest(item.path)}_{self.model_key}_{place}"
         return self.cache_dir / f"{key}.safetensors"
 
     def _cached(self, index: int):
@@ -88,7 +96,7 @@ class LatentSource:
             t = load_file(str(path))
             entry = (t["mean"], t["std"], tuple(t["original_size"].tolist()), tuple(t["crop"].tolist()))
         else:
-            fitted = load_fitted(self.dataset.items[index].path, *self.size)
+            fitted = self._fit(index)
             mean, std = self._encode(fitted.pixels[None])
             entry = (mean[0], std[0], fitted.original_size, fitted.crop_top_left)
             if path is not None:
@@ -113,15 +121,28 @@ class LatentSource:
             std = torch.stack([e[1] for e in entries])
             sizes, crops = [e[2] for e in entries], [e[3] for e in entries]
         else:
-            if self.augment.active:
-                fitted = [load_augmented(self.dataset.items[i].path, *self.size, self.augment, self.rng)
-                          for i in indices]
-            else:
-                fitted = [load_fitted(self.dataset.items[i].path, *self.size) for i in indices]
+            fitted = [self._fit(i) for i in indices]
             mean, std = self._encode(torch.stack([f.pixels for f in fitted]))
             sizes, crops = [f.original_size for f in fitted], [f.crop_top_left for f in fitted]
         noise = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
-        return LatentBatch(_scale(self.model.vae, mean, std, noise).to(device), sizes, crops)
+        target = self._target(indices[0])
+        return LatentBatch(_scale(self.model.vae, mean, std, noise).to(device), sizes, crops, target)
+
+    def _target(self, index: int) -> tuple[int, int]:
+        width, height = self.buckets[index].bucket if self.buckets else self.size
+        return height, width
+
+    def _fit(self, index: int):
+        """The image fitted to its bucket (or the training size), augmented when asked."""
+        path = self.dataset.items[index].path
+        if self.buckets:
+            img = open_rgb(path)
+            original, choice = (img.height, img.width), self.buckets[index]
+            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), self.augment, self.rng)),
+                               original, choice.crop_top_left)
+        if self.augment.active:
+            return load_augmented(path, *self.size, self.augment, self.rng)
+        return load_fitted(path, *self.size)
 
 
 class TextSource:

@@ -13,7 +13,8 @@ def batch_time_ids(family, batch, width: int, height: int) -> torch.Tensor | Non
     """Per-sample SDXL/Kolors time ids from a batch's original sizes and crop offsets."""
     if not family.uses_time_ids:
         return None
-    return torch.stack([family.time_ids(orig, crop, (height, width))
+    target = batch.target_size or (height, width)
+    return torch.stack([family.time_ids(orig, crop, target)
                         for orig, crop in zip(batch.original_sizes, batch.crops)])
 
 
