@@ -238,3 +238,28 @@ def test_buckets_keep_the_whole_picture_never_mix_and_reach_the_time_ids(tiny_mo
 
     info = json.loads(result.lora.metadata["ss_bucket_info"])
     assert sum(b["count"] for b in info["buckets"].values()) == 4
+
+
+def test_gradient_accumulation_steps_like_the_bigger_batch(tiny_models, star_dataset, tmp_path):
+    """batch 2 x 2 accumulated makes batch 4's number of optimizer steps and moves the LoRA as far
+    (Adam moves ~lr per step), while batch 2 alone takes twice the steps and moves about twice as far."""
+    values = dict(max_train_epochs=1, learning_rate=1e-3)
+    big = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "a", train_batch_size=4, **values))
+    acc = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "b", train_batch_size=2,
+                           gradient_accumulation_steps=2, **values))
+    small = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "c", train_batch_size=2, **values))
+    assert big.steps == acc.steps == 10 and small.steps == 20  # 40 samples per epoch
+    assert len(acc.learning_rates) == 10
+
+    def moved(result):
+        return sum(float(v.norm()) for k, v in result.lora.tensors.items() if k.endswith("lora_up.weight"))
+
+    assert abs(moved(acc) / moved(big) - 1) < 0.2 and moved(small) / moved(big) > 1.5
+
+
+def test_network_dropout_changes_training(tiny_models, star_dataset, tmp_path):
+    values = dict(max_train_steps=4, learning_rate=1e-3)
+    plain = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "a", **values))
+    dropped = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "b", network_dropout=0.5, **values))
+    assert plain.losses[0] == dropped.losses[0]  # LoRA up starts at zero: the first step is the same
+    assert any((plain.lora.tensors[k] != dropped.lora.tensors[k]).any() for k in plain.lora.tensors)

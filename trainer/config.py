@@ -52,6 +52,7 @@ class TrainConfig:
     network_alpha: float = 8.0
     conv_dim: int = 0  # > 0: also LoRA on ResNet / up- / down-sampler convs (kohya's LoCon)
     conv_alpha: float = 1.0
+    network_dropout: float = 0.0  # dropout on the LoRA path (peft lora_dropout)
     # optimisation
     preset: str = ""  # anime | realistic | sdxl_character | kolors: fills defaults, your values win
     optimizer_type: str = "AdamW"  # AdamW | AdamW8bit | Lion | Prodigy | Adafactor | SGD
@@ -65,6 +66,7 @@ class TrainConfig:
     max_train_epochs: int = 10
     max_train_steps: int = 0  # 0: derived from epochs
     train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1  # optimizer step every N batches (effective batch = batch x N)
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
@@ -135,7 +137,8 @@ class TrainConfig:
         if self.cache_latents and (self.flip_aug or self.color_aug or self.random_crop):
             raise TrainerError("cache_latents encodes each image once, so flip_aug, color_aug and random_crop "
                                "cannot vary it: turn caching or the augmentation off.")
-        for name in ("network_dim", "train_batch_size", "max_train_epochs", "dataset_repeats"):
+        for name in ("network_dim", "train_batch_size", "max_train_epochs", "dataset_repeats",
+                     "gradient_accumulation_steps"):
             if int(getattr(self, name)) < 1:
                 raise TrainerError(f"{name} must be at least 1 (got {getattr(self, name)}).")
         if self.network_alpha <= 0:

@@ -18,7 +18,8 @@ def conv_module_names(unet, conv_targets: list[str]) -> list[str]:
 
 
 def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_name: str = ADAPTER,
-                  conv_rank: int = 0, conv_alpha: float = 1.0, conv_targets: list[str] = ()) -> list:
+                  conv_rank: int = 0, conv_alpha: float = 1.0, conv_targets: list[str] = (),
+                  dropout: float = 0.0) -> list:
     """Inject LoRA into ``unet``'s ``targets`` (and, with ``conv_rank``, into ``conv_targets`` at
     their own rank/alpha); return the trainable parameters (kept in fp32)."""
     from peft import LoraConfig
@@ -28,7 +29,7 @@ def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_nam
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets) + convs,
                         rank_pattern={p: int(conv_rank) for p in patterns},
                         alpha_pattern={p: float(conv_alpha) for p in patterns},
-                        init_lora_weights=True)
+                        lora_dropout=float(dropout), init_lora_weights=True)
     unet.add_adapter(config, adapter_name=adapter_name)
     params = []
     for name, param in unet.named_parameters():

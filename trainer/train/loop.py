@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ def total_steps(config: TrainConfig, dataset: Dataset, buckets: dict | None = No
     unless max_train_steps."""
     if config.max_train_steps:
         return int(config.max_train_steps)
-    return steps_per_epoch(dataset, buckets, config.train_batch_size) * config.max_train_epochs
+    batches = steps_per_epoch(dataset, buckets, config.train_batch_size)
+    return math.ceil(batches / config.gradient_accumulation_steps) * config.max_train_epochs
 
 
 def caption_for_step(config: TrainConfig, caption: str, rng: random.Random) -> str:
@@ -136,7 +138,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     offload_cached_encoders(model, config, device)
 
     params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets,
-                           conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS)
+                           conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS,
+                           dropout=config.network_dropout)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -145,6 +148,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     optimizer = build_optimizer(config.optimizer_type, [{"params": params, "lr": lr}], lr, config.optimizer_args,
                                 device, cb.log)
     steps = total_steps(config, dataset, buckets)
+    accumulation = config.gradient_accumulation_steps
     lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
                                      config.lr_scheduler_num_cycles, config.lr_scheduler_power, cb.log)
     gen = torch.Generator().manual_seed(config.seed)
@@ -202,10 +206,12 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     with torch.inference_mode(False), torch.enable_grad():
         while step < steps and not stopped:
             batches = run_batches(dataset, buckets, config.train_batch_size, config.seed, epoch)
+            micro_losses: list[float] = []
             for position, indices in enumerate(batches, 1):
                 if epoch == progress.epoch and position <= progress.position:
                     continue  # done before the resume
-                t0 = time.perf_counter()
+                if not micro_losses:
+                    t0 = time.perf_counter()
                 batch = latents_from.batch(indices, gen, device)
                 captions = [caption_for_step(config, dataset.items[i].caption, caption_rng) for i in indices]
                 cond = text_from.batch(captions, device)
@@ -217,7 +223,10 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                                       config, weights)
                 if not torch.isfinite(loss):
                     raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
-                scaler.scale(loss).backward()
+                scaler.scale(loss / accumulation).backward()
+                micro_losses.append(float(loss.detach()))
+                if len(micro_losses) < accumulation and position < len(batches):
+                    continue  # gradient accumulation: more micro-batches before this step
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -227,7 +236,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                result.losses.append(float(loss.item()))
+                result.losses.append(sum(micro_losses) / len(micro_losses))
+                micro_losses = []
                 step_times.append(time.perf_counter() - t0)
                 if len(step_times) == 3:
                     per = float(np.median(step_times))
