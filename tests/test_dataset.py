@@ -129,3 +129,15 @@ def test_enormous_image_refused_before_decoding(tmp_path, monkeypatch):
     paint(tmp_path / "big.png", size=(20, 20))
     with pytest.raises(TrainerError, match=r"big\.png: 20x20 is over"):
         open_rgb(tmp_path / "big.png")
+
+
+def test_diffsynth_metadata_csv_and_jsonl_datasets(tmp_path):
+    paint(tmp_path / "a.png")
+    paint(tmp_path / "b.png")
+    (tmp_path / "metadata.csv").write_text("file_name,text\na.png,一只猫\nb.png,a dog\n", encoding="utf-8-sig")
+    data = load_dataset(tmp_path, repeats=3)
+    assert [(i.path.name, i.caption, i.repeats) for i in data.items] == [("a.png", "一只猫", 3), ("b.png", "a dog", 3)]
+    (tmp_path / "metadata.csv").unlink()
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "b.png", "text": "b"}\n{"file_name": "zz.png", "text": "x"}\n')
+    with pytest.raises(TrainerError, match="zz.png"):
+        load_dataset(tmp_path)

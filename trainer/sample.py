@@ -29,7 +29,7 @@ def make_scheduler(base_config, sampler: str):
 def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 20, cfg: float = 7.0,
              width: int | None = None, height: int | None = None, sampler: str = "euler_a",
              lora_strength: float | None = None, output_type: str = "pil", device=None):
-    """Generate one image (PIL, or latents with ``output_type="latent"``) with the same seed
+    """Generate one image (PIL, or latents [1, C, h, w] with ``output_type="latent"``) with the same seed
     giving the same picture. ``lora_strength`` re-weights every loaded LoRA adapter."""
     pipe = model.pipe
     size = model.family.default_resolution
@@ -48,4 +48,4 @@ def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps
         out = pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
                    guidance_scale=float(cfg), width=width, height=height, generator=generator,
                    output_type=output_type)
-    return out.images[0]
+    return out.images if output_type == "latent" else out.images[0]

@@ -112,6 +112,23 @@ def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str
     return items
 
 
+CAPTION_LISTS = ("metadata.csv", "metadata.jsonl")
+
+
+def _from_caption_list(root: Path, repeats: int, trigger: str) -> Dataset | None:
+    """DiffSynth-style datasets: a metadata.csv (file_name,text) or metadata.jsonl beside the images."""
+    from .captions import read_caption_list
+
+    for name in CAPTION_LISTS:
+        if (root / name).is_file():
+            items = [ImageItem(path, caption or trigger, repeats, "", size=_check_image(path))
+                     for path, caption in read_caption_list(root / name, root)]
+            if not items:
+                raise TrainerError(f"{root / name} lists no images: add rows of file_name,text.")
+            return Dataset(root, items, [f"captions from {name}"])
+    return None
+
+
 def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extension: str = ".txt") -> Dataset:
     """Scan ``root``; kohya "N_name" subfolders give N repeats and "name" as class token."""
     root = Path(root)
@@ -120,6 +137,9 @@ def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extensi
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension
     notes: list[str] = []
+    listed = _from_caption_list(root, repeats, trigger_word)
+    if listed is not None:
+        return listed
     items = _scan(root, repeats, "", trigger_word, caption_extension, notes)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = KOHYA_FOLDER.match(sub.name)
