@@ -1,4 +1,4 @@
-"""python -m trainer {train,sample,demo,make-tiny}: the headless face of the trainer."""
+"""python -m trainer {train,sample,demo,make-tiny,convert}: the headless face of the trainer."""
 
 from __future__ import annotations
 
@@ -90,6 +90,15 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .lora.convert import convert_file
+
+    out, summary = convert_file(args.input, args.output, args.family, args.alpha, args.model, args.precision)
+    print(f"converted: {out}")
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .sample import SAMPLERS
 
@@ -130,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--single-file", action="store_true", help="write a .safetensors checkpoint (sd15/sdxl)")
     p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("convert", help="convert a LoRA (kohya, diffusers/peft, ComfyUI trainer, DiffSynth .ckpt) "
+                                        "to the kohya .safetensors ComfyUI and A1111 load")
+    p.add_argument("input", help="LoRA file: .safetensors, or a .ckpt/.pt (read without running code)")
+    p.add_argument("output", help="the .safetensors to write")
+    p.add_argument("--family", default="auto", choices=["auto", "kolors", "sdxl", "sd15"])
+    p.add_argument("--alpha", type=float, default=None,
+                   help="alpha where the file stores none (DiffSynth .ckpt: default 4.0; others: the rank)")
+    p.add_argument("--model", help="model folder whose UNet config to map onto (default: the real SD1.5/SDXL one)")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -1,4 +1,9 @@
-"""Applying a LoRA (a file or tensors, kohya or diffusers/peft format) to a loaded pipeline."""
+"""Applying a LoRA (a file or tensors in any layout trainer.lora.formats reads) to a loaded pipeline.
+
+Every layout is converted to our kohya layout first (formats.to_kohya), then diffusers'
+load_lora_weights loads it, so kohya, diffusers/peft, ComfyUI-trainer and DiffSynth files all
+go through one tested path.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,48 @@ from pathlib import Path
 from ..errors import TrainerError
 
 
-def read_lora_file(path) -> dict:
+def read_raw(path) -> tuple[dict, dict]:
+    """(tensors as stored, safetensors metadata) of a .safetensors or pickle (.ckpt/.pt/.pth/.bin) file."""
     from safetensors.torch import load_file
+
+    from .metadata import read_metadata
+    from .pickle_safe import PICKLE_SUFFIXES, load_pickle, tensors_of
 
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"LoRA file not found: {path}")
-    if path.suffix.lower() != ".safetensors":
-        raise TrainerError(f"{path.name}: only .safetensors LoRA files can be loaded for now.")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return tensors_of(load_pickle(path)), {}
+    if suffix != ".safetensors":
+        raise TrainerError(f"{path.name}: a LoRA must be .safetensors, .ckpt, .pt, .pth or .bin.")
+    metadata = read_metadata(path)
     try:
-        return load_file(str(path))
+        return load_file(str(path)), metadata
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise TrainerError(f"Cannot read LoRA {path}: {err}. The file is corrupt or incomplete.") from None
 
 
-def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = None) -> str:
-    """Load ``lora`` (path, tensor dict or TrainedLora) into ``model.pipe`` as an adapter at
-    ``strength``; other adapters stay loaded but inactive. Returns the adapter name."""
-    tensors = getattr(lora, "tensors", lora)
+def read_lora_file(path, family: str | None = None, unet_config=None, alpha: float | None = None) -> dict:
+    """A LoRA file of any known layout, as tensors in our kohya layout (``family`` guessed if None)."""
+    from .formats import guess_family, to_kohya
+
+    tensors, metadata = read_raw(path)
+    return to_kohya(tensors, family or guess_family(tensors), unet_config, alpha, metadata)
+
+
+def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = None,
+               alpha: float | None = None) -> str:
+    """Load ``lora`` (path, tensor dict or TrainedLora, any known layout) into ``model.pipe`` as an
+    adapter at ``strength``; other adapters stay loaded but inactive. ``alpha`` is used where the
+    file stores none (DiffSynth .ckpt: default 4.0). Returns the adapter name."""
+    from .formats import to_kohya
+
+    tensors, metadata = getattr(lora, "tensors", lora), getattr(lora, "metadata", {})
     if isinstance(tensors, (str, Path)):
         adapter_name = adapter_name or Path(tensors).stem
-        tensors = read_lora_file(tensors)
+        tensors, metadata = read_raw(tensors)
+    tensors = to_kohya(tensors, model.family.name, model.pipe.unet.config, alpha, metadata)
     adapter_name = adapter_name or f"lora_{len(list_adapters(model))}"
     pipe = model.pipe
     if adapter_name in list_adapters(model):
@@ -49,4 +75,13 @@ def list_adapters(model) -> list[str]:
 def set_lora_strength(model, strengths: dict[str, float]) -> None:
     """Activate exactly the adapters in ``strengths`` with those weights."""
     names = list(strengths)
-    model.pipe.unet.set_adapters(names, weights=[float(strengths[n]) for n in names])
+    weights = [float(strengths[n]) for n in names]
+    model.pipe.unet.set_adapters(names, weights=weights)
+    for part in ("text_encoder", "text_encoder_2"):  # text-encoder LoRA, when the file has one
+        encoder = getattr(model.pipe, part, None)
+        loaded = set(getattr(encoder, "peft_config", None) or {})
+        if loaded:
+            from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+            loaded = sorted(loaded)  # adapters not named here stay loaded at weight 0
+            set_weights_and_activate_adapters(encoder, loaded, [float(strengths.get(n, 0.0)) for n in loaded])

@@ -26,7 +26,8 @@ KOHYA, PEFT, COMFY, DIFFSYNTH = "kohya", "peft", "comfy", "diffsynth"
 DIFFSYNTH_DEFAULT_ALPHA = 4.0
 _PARTS = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_A.default.weight", "down"),
           (".lora_B.default.weight", "up"), (".lora_A.weight", "down"), (".lora_B.weight", "up"), (".alpha", "alpha"))
-_UNSUPPORTED = ("hada_", "lokr_", "dora_scale", "lora_mid", ".oft_", "diff_b")
+_UNSUPPORTED = ("hada_", "lokr_", "dora_scale", "lora_mid", ".oft_")
+_FULL_DIFFS = (".diff", ".diff_b")  # ComfyUI's trainer: whole-weight deltas of norms/biases, not LoRA
 _OLD_DIFFUSERS = re.compile(r"\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$")
 
 
@@ -82,7 +83,15 @@ def _group(tensors: dict, fmt: str) -> dict[str, dict]:
         raise TrainerError(f"{odd[0]}: LoHa/LoKr/DoRA/Tucker LoRA parts are not supported; "
                            "use a plain LoRA (LoCon conv layers are fine).")
     modules: dict[str, dict] = {}
+    diffs = [k for k in tensors if k.endswith(_FULL_DIFFS)]
+    if diffs:
+        import warnings
+
+        warnings.warn(f"{len(diffs)} full-weight deltas (norm/bias '.diff' tensors, e.g. {diffs[0]}) have no "
+                      "LoRA form and are skipped; the LoRA layers are kept.", stacklevel=3)
     for key, value in tensors.items():
+        if key.endswith(_FULL_DIFFS):
+            continue
         split = _split(key)
         if split is None:
             if fmt == PEFT and not key.endswith(".weight"):
@@ -125,16 +134,28 @@ def _resolve(module: str, fmt: str, family: str, config) -> tuple[str, str] | No
     return ("unet", module) if module in names.unet_modules(config) else None
 
 
-def _peft_alphas(metadata: dict | None) -> tuple[float | None, dict]:
+def _conv_shapes(down, up, weight_shape):
+    if len(weight_shape) == 4 and down.ndim == 2:
+        return down.reshape(down.shape[0], *weight_shape[1:]), up.reshape(*up.shape, 1, 1)
+    return down, up
+
+
+def _peft_alphas(metadata: dict | None) -> dict[str, tuple[float, dict]]:
+    """{component: (lora_alpha, alpha_pattern)} from diffusers' ``lora_adapter_metadata`` (the LoraConfig
+    of each component, flattened with ``unet.`` / ``text_encoder.`` prefixes)."""
     raw = (metadata or {}).get("lora_adapter_metadata")
-    if not raw:
-        return None, {}
     try:
-        config = json.loads(raw)
+        config = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
-        return None, {}
-    config = config.get("unet", config) if isinstance(config, dict) else {}
-    return config.get("lora_alpha"), config.get("alpha_pattern") or {}
+        return {}
+    out = {}
+    for component in ("unet", "text_encoder", "text_encoder_2"):
+        part = {k[len(component) + 1:]: v for k, v in config.items() if k.startswith(component + ".")}
+        if component == "unet" and not part and "lora_alpha" in config:
+            part = config  # a bare LoraConfig
+        if part.get("lora_alpha") is not None:
+            out[component] = (float(part["lora_alpha"]), part.get("alpha_pattern") or {})
+    return out
 
 
 def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None = None,
@@ -151,7 +172,7 @@ def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None =
         unet_config = UNet2DConditionModel.load_config(str(CONFIGS / base / "unet"))
     if fmt == DIFFSYNTH and family == "sd15":
         raise TrainerError("DiffSynth LoRAs are read for Kolors/SDXL only; pick the kolors or sdxl family.")
-    peft_alpha, peft_pattern = _peft_alphas(metadata) if fmt == PEFT else (None, {})
+    peft_alphas = _peft_alphas(metadata) if fmt == PEFT else {}
     out, unknown = {}, []
     for module, parts in _group(tensors, fmt).items():
         if "down" not in parts or "up" not in parts:
@@ -170,10 +191,13 @@ def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None =
             value = float(parts["alpha"].float().item())
         elif fmt == DIFFSYNTH:
             value = float(alpha if alpha is not None else DIFFSYNTH_DEFAULT_ALPHA)
-        elif fmt == PEFT and peft_alpha is not None:
-            value = float(next((a for p, a in peft_pattern.items() if re.search(p, where[1])), peft_alpha))
+        elif where[0] in peft_alphas:
+            default, pattern = peft_alphas[where[0]]
+            value = float(next((a for p, a in pattern.items() if re.search(p, where[1])), default))
         else:
             value = float(alpha if alpha is not None else rank)
+        if where[0] == "unet":  # ComfyUI's trainer stores conv LoRA flattened to 2-D
+            down, up = _conv_shapes(down, up, names.unet_modules(unet_config)[where[1]])
         name = names.kohya_name(where[0], where[1], family)
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.lora_up.weight"] = up.contiguous()

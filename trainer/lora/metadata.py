@@ -77,3 +77,11 @@ def describe(summary: dict) -> str:
               f"steps {summary['steps'] if summary['steps'] is not None else '?'}"]
     trigger = summary["trigger_words"] or "none"
     return f"{', '.join(fields)}; trigger words: {trigger}; top tags: {tags}"
+
+
+def describe_file(path) -> str:
+    """The summary line of a LoRA file (for the loader node's info output and the CLI)."""
+    from .apply import read_raw
+
+    tensors, metadata = read_raw(path)
+    return describe(summarize(metadata, tensors))

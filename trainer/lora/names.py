@@ -62,18 +62,18 @@ def _config_key(config) -> str:
 
 
 @lru_cache(maxsize=8)
-def _unet_modules(config_json: str) -> tuple[str, ...]:
+def _unet_modules(config_json: str) -> dict[str, tuple[int, ...]]:
     import torch
     from diffusers import UNet2DConditionModel
 
-    with torch.device("meta"):  # names only: no weights are allocated
+    with torch.device("meta"):  # names and shapes only: no weights are allocated
         unet = UNet2DConditionModel.from_config(json.loads(config_json))
-    return tuple(name for name, module in unet.named_modules()
-                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)))
+    return {name: tuple(module.weight.shape) for name, module in unet.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
 
 
-def unet_modules(config) -> tuple[str, ...]:
-    """diffusers paths of every Linear/Conv2d of a UNet with ``config`` (built on the meta device)."""
+def unet_modules(config) -> dict[str, tuple[int, ...]]:
+    """{diffusers path: weight shape} of every Linear/Conv2d of a UNet with ``config`` (meta device)."""
     return _unet_modules(_config_key(config))
 
 
