@@ -10,7 +10,7 @@ from trainer.families import get_family
 from trainer.families.base import CONV_TARGETS
 from trainer.lora import diffsynth, names
 from trainer.lora.kohya_format import peft_to_kohya
-from trainer.lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
+from trainer.lora.network import ADAPTER, add_unet_lora, conv_module_names, lora_state_dict
 from trainer.models.single_file import CONFIGS
 
 CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -34,7 +34,7 @@ def unet_lora(unet, family, rank=4, alpha=2.0, conv=True, seed=None):
     if seed is not None:
         randomize(unet, seed)
     convs = conv_module_names(unet, CONV_TARGETS) if conv else ()
-    return peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), alpha, conv_modules=convs)
+    return peft_to_kohya(lora_state_dict(unet, ADAPTER), alpha, conv_modules=convs)
 
 
 def randomize(module, seed):

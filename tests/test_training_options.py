@@ -263,3 +263,44 @@ def test_network_dropout_changes_training(tiny_models, star_dataset, tmp_path):
     dropped = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "b", network_dropout=0.5, **values))
     assert plain.losses[0] == dropped.losses[0]  # LoRA up starts at zero: the first step is the same
     assert any((plain.lora.tensors[k] != dropped.lora.tensors[k]).any() for k in plain.lora.tensors)
+
+
+@pytest.mark.parametrize("family,prefixes", [("sd15", {"lora_unet", "lora_te"}),
+                                             ("sdxl", {"lora_unet", "lora_te1", "lora_te2"})])
+def test_text_encoder_lora_trains_saves_in_comfyui_keys_and_reloads(tiny_models, star_dataset, tmp_path,
+                                                                    family, prefixes):
+    from trainer.lora.apply import apply_lora
+    from trainer.models.loader import load_model
+    from trainer.sample import generate
+    from trainer.train.loop import save_outputs
+
+    config = config_for(tiny_models(family), star_dataset, tmp_path, max_train_steps=6, learning_rate=1e-3,
+                        text_encoder_lr=5e-4, save_precision="fp32")
+    result = train(config)
+    keys = result.lora.tensors
+    assert {k.split("_text_model")[0].split("_down_blocks")[0].split("_up_blocks")[0].split("_mid_block")[0]
+            for k in keys} == prefixes
+    te_ups = [v for k, v in keys.items() if k.startswith("lora_te") and k.endswith("lora_up.weight")]
+    # the text-encoder LoRA learned (SDXL reads CLIP-L's penultimate layer: its last layer gets no gradient)
+    assert te_ups and sum(bool(v.abs().sum() > 0) for v in te_ups) >= 0.8 * len(te_ups)
+    assert any(k.startswith(sorted(prefixes)[0] + "_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
+    assert result.lora.metadata["ss_text_encoder_lr"] == "0.0005"
+    files = save_outputs(result, config)
+    args = dict(prompt="ltdemo, a yellow star", seed=3, steps=3, width=64, height=64, sampler="euler",
+                output_type="latent")
+    fresh = load_model(tiny_models(family))
+    apply_lora(fresh, files["lora"])
+    torch.testing.assert_close(generate(fresh, **args), generate(result.model, **args), atol=1e-4, rtol=1e-4)
+
+
+def test_text_encoder_options_that_cannot_work(tiny_models, star_dataset, tmp_path):
+    from trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match="cache_text_encoder_outputs cannot be used while training the text"):
+        TrainConfig(cache_text_encoder_outputs=True, text_encoder_lr=1e-5).validate()
+    assert TrainConfig(cache_text_encoder_outputs=True, text_encoder_lr=1e-5, network_train_unet_only=True).validate()
+    logs = []
+    result = train(config_for(tiny_models("kolors"), star_dataset, tmp_path, max_train_steps=2, text_encoder_lr=1e-4),
+                   callbacks=Callbacks(log=logs.append))
+    assert any("ChatGLM text encoder stays frozen" in line for line in logs)
+    assert all(k.startswith("lora_unet_") for k in result.lora.tensors)

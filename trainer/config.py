@@ -59,6 +59,8 @@ class TrainConfig:
     optimizer_args: list[str] = field(default_factory=list)  # e.g. ["weight_decay=0.01", "betas=(0.9,0.99)"]
     learning_rate: float = 1e-4
     unet_lr: float | None = None
+    text_encoder_lr: float | None = None  # > 0 also trains a LoRA on the CLIP text encoder(s)
+    network_train_unet_only: bool = False  # force UNet-only even when text_encoder_lr is set
     lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
     lr_warmup_steps: float = 0  # a step count, or a ratio of the total steps when below 1
     lr_scheduler_num_cycles: int = 1  # restarts of cosine_with_restarts (seed 000: 3-5)
@@ -134,6 +136,9 @@ class TrainConfig:
                                                  or self.caption_tag_dropout_rate):
             raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption and "
                                "caption (tag) dropout cannot work with it: turn one of them off.")
+        if self.cache_text_encoder_outputs and self.trains_text_encoder:
+            raise TrainerError("cache_text_encoder_outputs cannot be used while training the text encoder "
+                               "(text_encoder_lr is set): set network_train_unet_only or turn caching off.")
         if self.cache_latents and (self.flip_aug or self.color_aug or self.random_crop):
             raise TrainerError("cache_latents encodes each image once, so flip_aug, color_aug and random_crop "
                                "cannot vary it: turn caching or the augmentation off.")
@@ -150,6 +155,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise TrainerError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}.")
         return self
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return bool(self.text_encoder_lr) and not self.network_train_unet_only
 
     # -- TOML ---------------------------------------------------------------------------------
     @classmethod

@@ -59,8 +59,9 @@ class Family:
         return pipe
 
     # -- conditioning -------------------------------------------------------------------------
-    @torch.no_grad()
     def encode_text(self, pipe, captions: list[str], device, clip_skip: int | None = None) -> Conditioning:
+        """Conditioning for ``captions``; runs with gradients when the caller enables them (text-
+        encoder LoRA training), so callers that only read it wrap it in torch.no_grad()."""
         raise NotImplementedError
 
     def time_ids(self, original_size, crop_top_left, target_size) -> torch.Tensor:

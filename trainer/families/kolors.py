@@ -28,7 +28,6 @@ class Kolors(Family):
         encoder = load_transformers_model(folder, "text_encoder", ChatGLMModel, dtype, "ChatGLM3 text encoder")
         return {"text_encoder": encoder, "tokenizer": ChatGLMTokenizer(str(vocab))}
 
-    @torch.no_grad()
     def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
         context, _, pooled, _ = pipe.encode_prompt(
             captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,

@@ -15,7 +15,6 @@ class SD15(Family):
             "tokenizer": load_clip_tokenizer(folder, "tokenizer", tokenizer_dir),
         }
 
-    @torch.no_grad()
     def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
         if not clip_skip:
             context, _ = pipe.encode_prompt(captions, device, 1, False)

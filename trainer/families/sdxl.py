@@ -18,7 +18,6 @@ class SDXL(Family):
             "tokenizer_2": load_clip_tokenizer(folder, "tokenizer_2", tokenizer_dir),
         }
 
-    @torch.no_grad()
     def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
         context, _, pooled, _ = pipe.encode_prompt(
             captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,

@@ -48,6 +48,19 @@ def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet", conv_mod
                 else v.detach().clone()) for k, v in kohya.items()}
 
 
+def text_encoder_to_kohya(peft_state: dict, component: str, family: str, alpha: float) -> dict[str, torch.Tensor]:
+    """A CLIP text encoder's peft adapter state -> ``lora_te(1|2)_text_model_...`` keys."""
+    from .names import kohya_name
+
+    out = {}
+    for key, value in peft_state.items():
+        path, kind = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        name = kohya_name(component, path, family)
+        out[f"{name}.{'lora_down' if kind == 'lora_A' else 'lora_up'}.weight"] = value.detach().clone()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float,
                    buckets: dict | None = None) -> dict[str, str]:
     width, height = config.size()
@@ -65,7 +78,8 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_sd_model_name": Path(config.pretrained_model_name_or_path).name,
         "ss_learning_rate": str(config.learning_rate),
         "ss_unet_lr": str(config.unet_lr if config.unet_lr is not None else config.learning_rate),
-        "ss_text_encoder_lr": "0",
+        "ss_text_encoder_lr": str(config.text_encoder_lr or 0),
+        "ss_network_train_unet_only": str(not config.text_encoder_lr),
         "ss_optimizer": config.optimizer_type,
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_max_train_steps": str(steps),

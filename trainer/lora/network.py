@@ -1,10 +1,13 @@
-"""LoRA layers on the UNet through peft (kohya's init: down random, up zero)."""
+"""LoRA layers on the UNet and the CLIP text encoders through peft (kohya's init: down random,
+up zero)."""
 
 from __future__ import annotations
 
 import torch
 
 ADAPTER = "lt_lora"
+# kohya's text-encoder targets: the linears of CLIPAttention and CLIPMLP
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
 
 def conv_module_names(unet, conv_targets: list[str]) -> list[str]:
@@ -31,8 +34,24 @@ def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_nam
                         alpha_pattern={p: float(conv_alpha) for p in patterns},
                         lora_dropout=float(dropout), init_lora_weights=True)
     unet.add_adapter(config, adapter_name=adapter_name)
+    return _trainable(unet, adapter_name, targets)
+
+
+def add_text_encoder_lora(encoder, rank: int, alpha: float, adapter_name: str = ADAPTER,
+                          dropout: float = 0.0) -> list:
+    """LoRA on a CLIP text encoder's attention and MLP linears; returns the trainable parameters."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=TEXT_ENCODER_TARGETS,
+                        lora_dropout=float(dropout), init_lora_weights=True)
+    encoder.add_adapter(config, adapter_name=adapter_name)
+    return _trainable(encoder, adapter_name, TEXT_ENCODER_TARGETS)
+
+
+def _trainable(module, adapter_name: str, targets) -> list:
+    """Make exactly the adapter's LoRA weights trainable, in fp32."""
     params = []
-    for name, param in unet.named_parameters():
+    for name, param in module.named_parameters():
         if f".{adapter_name}." in name and "lora_" in name:
             param.data = param.data.to(torch.float32)
             param.requires_grad_(True)
@@ -40,11 +59,11 @@ def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_nam
         else:
             param.requires_grad_(False)
     if not params:
-        raise RuntimeError(f"LoRA matched no module of the UNet (targets: {targets})")
+        raise RuntimeError(f"LoRA matched no module of {type(module).__name__} (targets: {targets})")
     return params
 
 
-def unet_lora_state_dict(unet, adapter_name: str = ADAPTER) -> dict:
+def lora_state_dict(module, adapter_name: str = ADAPTER) -> dict:
     from peft import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    return get_peft_model_state_dict(module, adapter_name=adapter_name)

@@ -17,20 +17,20 @@ from ..data.augment import Augment
 from ..data.captions import process_caption
 from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
 from ..errors import TrainerError
-from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora
 from ..families.base import CONV_TARGETS
-from ..lora.network import ADAPTER, add_unet_lora, conv_module_names, unet_lora_state_dict
+from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora, text_encoder_to_kohya
+from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_module_names, lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
-from .evaluate import dataset_loss
-from .validation import overfitting_warning
 from .devices import encoders_on, offload_cached_encoders, restore_encoders
+from .evaluate import dataset_loss
+from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
-from .state import Progress, load_state, save_state, state_dir
 from .sources import LatentSource, TextSource
-from .optim import build_lr_scheduler, build_optimizer
+from .state import Progress, load_state, save_state, state_dir
 from .step import batch_time_ids, diffusion_loss, draw_noise
+from .validation import overfitting_warning
 
 NAN_HELP = ("Loss became {value} at step {step}. Likely causes: learning rate too high (try half), "
             "fp16 overflow (use bf16 or no mixed precision), or an fp16 VAE (use sdxl-vae-fp16-fix "
@@ -93,11 +93,22 @@ def diffusers_clip_skip(clip_skip: int) -> int | None:
     return clip_skip - 1 if clip_skip and clip_skip > 1 else None
 
 
-def extract_lora(unet, config: TrainConfig, family, dataset, step: int, epoch: int, started: float,
+def trained_text_encoders(model, config: TrainConfig) -> list[str]:
+    """The pipeline attributes of the text encoders that get a LoRA (CLIP families only)."""
+    if not config.trains_text_encoder or model.family.name == "kolors":
+        return []
+    return [name for name in model.family.text_parts if name.startswith("text_encoder")]
+
+
+def extract_lora(model, config: TrainConfig, dataset, step: int, epoch: int, started: float,
                  buckets: dict | None = None) -> TrainedLora:
+    unet, family = model.unet, model.family
     convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
-    tensors = peft_to_kohya(unet_lora_state_dict(unet, ADAPTER), config.network_alpha,
+    tensors = peft_to_kohya(lora_state_dict(unet, ADAPTER), config.network_alpha,
                             conv_modules=convs, conv_alpha=config.conv_alpha)
+    for name in trained_text_encoders(model, config):
+        tensors.update(text_encoder_to_kohya(lora_state_dict(getattr(model.pipe, name), ADAPTER), name,
+                                             family.name, config.network_alpha))
     return TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started, buckets))
 
 
@@ -131,8 +142,11 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     latents_from = LatentSource(model, dataset, width, height, config.cache_latents,
                                 cache_dir if config.cache_latents_to_disk else None,
                                 Augment.from_config(config), caption_rng, buckets)
+    te_names = trained_text_encoders(model, config)
+    if config.trains_text_encoder and not te_names:
+        cb.log("note: Kolors' ChatGLM text encoder stays frozen; text_encoder_lr is ignored")
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
-                           cache_dir if config.cache_text_encoder_outputs_to_disk else None)
+                           cache_dir if config.cache_text_encoder_outputs_to_disk else None, bool(te_names))
     latents_from.prepare(cb.log)
     text_from.prepare([item.caption for item in dataset.items], device, cb.log)
     offload_cached_encoders(model, config, device)
@@ -140,13 +154,22 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets,
                            conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS,
                            dropout=config.network_dropout)
+    groups = [{"params": params, "lr": config.unet_lr or config.learning_rate}]
+    trainable = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
+    for name in te_names:
+        encoder = getattr(model.pipe, name)
+        te_params = add_text_encoder_lora(encoder, config.network_dim, config.network_alpha,
+                                          dropout=config.network_dropout)
+        groups.append({"params": te_params, "lr": config.text_encoder_lr})
+        trainable.update({f"{name}.{n}": p for n, p in encoder.named_parameters() if p.requires_grad})
+        params = params + te_params
+        encoder.train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
 
     lr = config.unet_lr or config.learning_rate
-    optimizer = build_optimizer(config.optimizer_type, [{"params": params, "lr": lr}], lr, config.optimizer_args,
-                                device, cb.log)
+    optimizer = build_optimizer(config.optimizer_type, groups, lr, config.optimizer_args, device, cb.log)
     steps = total_steps(config, dataset, buckets)
     accumulation = config.gradient_accumulation_steps
     lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
@@ -162,7 +185,6 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         cb.on_start(steps, dataset)
 
     result = TrainResult(None, model, [], 0, steps, 0, 0.0)
-    trainable = {name: p for name, p in unet.named_parameters() if p.requires_grad}
     progress = Progress()
     if config.resume:
         progress = load_state(config.resume, trainable, optimizer, lr_schedule, scaler, gen, caption_rng)
@@ -176,7 +198,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                    Progress(step, epoch, position, result.losses), config)
 
     def snapshot() -> TrainedLora:
-        return extract_lora(unet, config, family, dataset, step, epoch, started, buckets)
+        return extract_lora(model, config, dataset, step, epoch, started, buckets)
 
     def sample(tag: str) -> None:
         from ..sample_prompts import write_samples
@@ -266,6 +288,8 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                 if config.save_state:
                     checkpoint(0)
     unet.eval()
+    for name in te_names:
+        getattr(model.pipe, name).eval()
     if config.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
     restore_encoders(model, device)

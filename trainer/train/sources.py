@@ -148,8 +148,9 @@ class LatentSource:
 class TextSource:
     """Encodes captions; with ``cache`` each distinct caption only once (in memory and on disk)."""
 
-    def __init__(self, model, clip_skip: int | None, cache: bool = False, cache_dir: Path | None = None):
-        self.model, self.clip_skip, self.cache = model, clip_skip, cache
+    def __init__(self, model, clip_skip: int | None, cache: bool = False, cache_dir: Path | None = None,
+                 trainable: bool = False):
+        self.model, self.clip_skip, self.cache, self.trainable = model, clip_skip, cache, trainable
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.memory: dict[str, Conditioning] = {}
         self.model_key = model_key(model) if cache else ""
@@ -157,7 +158,8 @@ class TextSource:
 
     def _encode(self, captions: list[str], device) -> Conditioning:
         self.encoder_calls += 1
-        return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip)
+        with torch.set_grad_enabled(self.trainable):  # gradients only when a text-encoder LoRA trains
+            return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip)
 
     def _cached(self, caption: str, device) -> Conditioning:
         if caption in self.memory:
