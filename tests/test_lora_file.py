@@ -129,3 +129,12 @@ def test_bad_lora_files(tiny_models, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(TrainerError, match="corrupt or incomplete"):
         apply_lora(model, tmp_path / "junk.safetensors")
+
+
+def test_metadata_carries_the_base_model_hash(trained, tiny_models):
+    import hashlib
+
+    _, result, _ = trained["sd15"]
+    unet_file = tiny_models("sd15") / "unet" / "diffusion_pytorch_model.safetensors"
+    assert result.lora.metadata["ss_new_sd_model_hash"] == hashlib.sha256(unet_file.read_bytes()).hexdigest()
+    assert len(result.lora.metadata["ss_sd_model_hash"]) == 8

@@ -15,6 +15,7 @@ import torch
 
 from ..atomic import save_safetensors
 from ..errors import TrainerError
+from ..models.hashing import model_hashes
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "float": torch.float32}
 
@@ -111,6 +112,7 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "lt_family": family.name,
         "lt_config": config.to_toml(),
     }
+    meta.update(model_hashes(config.pretrained_model_name_or_path))
     if buckets:
         from ..train.bucketing import metadata as bucket_metadata
 
