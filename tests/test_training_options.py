@@ -1,5 +1,6 @@
 """Training options with their effect shown: caching (call counts), epoch saves, samples."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -304,3 +305,29 @@ def test_text_encoder_options_that_cannot_work(tiny_models, star_dataset, tmp_pa
                    callbacks=Callbacks(log=logs.append))
     assert any("ChatGLM text encoder stays frozen" in line for line in logs)
     assert all(k.startswith("lora_unet_") for k in result.lora.tensors)
+
+
+def test_full_bf16_release_text_encoder_smoothed_loss_and_v_prediction(tiny_models, star_dataset, tmp_path):
+    from trainer.errors import TrainerError
+    from trainer.sample import generate
+
+    bf16 = train(config_for(tiny_models("sdxl"), star_dataset, tmp_path / "a", max_train_steps=3,
+                            mixed_precision="bf16", full_bf16=True))
+    assert {v.dtype for k, v in bf16.lora.tensors.items() if k.endswith("weight")} == {torch.bfloat16}
+    assert all(np.isfinite(bf16.losses))
+    with pytest.raises(TrainerError, match="full_bf16 needs mixed_precision = bf16"):
+        TrainConfig(full_bf16=True).validate()
+
+    smoothed = []
+    released = train(config_for(tiny_models("kolors"), star_dataset, tmp_path / "b", max_train_steps=4,
+                                cache_text_encoder_outputs=True, release_text_encoder=True),
+                     callbacks=Callbacks(on_loss=lambda s, loss, avg: smoothed.append((loss, avg))))
+    assert released.model.pipe.text_encoder is None and released.encoder_calls["text"] == 1
+    assert smoothed[0][0] == smoothed[0][1] and smoothed[1][1] == pytest.approx(0.9 * smoothed[0][0] + 0.1 * smoothed[1][0])
+    with pytest.raises(TrainerError, match="text encoder was released"):
+        generate(released.model, "x")
+
+    eps = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "c", max_train_steps=2))
+    v = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "d", max_train_steps=2, v_parameterization=True))
+    assert eps.losses != v.losses
+    assert eps.lora.metadata["lt_preset"] == "none"

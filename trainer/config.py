@@ -70,6 +70,7 @@ class TrainConfig:
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1  # optimizer step every N batches (effective batch = batch x N)
     mixed_precision: str = "no"  # no | fp16 | bf16
+    full_bf16: bool = False  # LoRA weights, gradients and optimizer state in bf16 too (less memory)
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
     # noise and loss
@@ -94,6 +95,7 @@ class TrainConfig:
     cache_text_encoder_outputs: bool = False
     cache_text_encoder_outputs_to_disk: bool = False
     cache_dir: str = ""  # where disk caches go; default <output_dir>/cache
+    release_text_encoder: bool = False  # free the text encoder(s) once their outputs are cached
     # output
     output_dir: str = "output"
     output_name: str = "lora"
@@ -139,6 +141,14 @@ class TrainConfig:
         if self.cache_text_encoder_outputs and self.trains_text_encoder:
             raise TrainerError("cache_text_encoder_outputs cannot be used while training the text encoder "
                                "(text_encoder_lr is set): set network_train_unet_only or turn caching off.")
+        if self.full_bf16 and self.mixed_precision != "bf16":
+            raise TrainerError("full_bf16 needs mixed_precision = bf16.")
+        if self.release_text_encoder and not self.cache_text_encoder_outputs:
+            raise TrainerError("release_text_encoder frees the text encoder after caching its outputs: "
+                               "also set cache_text_encoder_outputs.")
+        if self.release_text_encoder and self.sample_prompts:
+            raise TrainerError("release_text_encoder leaves nothing to encode sample prompts with: "
+                               "remove sample_prompts or keep the text encoder.")
         if self.cache_latents and (self.flip_aug or self.color_aug or self.random_crop):
             raise TrainerError("cache_latents encodes each image once, so flip_aug, color_aug and random_crop "
                                "cannot vary it: turn caching or the augmentation off.")

@@ -32,6 +32,9 @@ def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps
     """Generate one image (PIL, or latents [1, C, h, w] with ``output_type="latent"``) with the same seed
     giving the same picture. ``lora_strength`` re-weights every loaded LoRA adapter."""
     pipe = model.pipe
+    if any(getattr(pipe, n) is None for n in model.family.text_parts):
+        raise TrainerError("This model's text encoder was released after caching (release_text_encoder): "
+                           "load the model again to generate.")
     size = model.family.default_resolution
     width, height = int(width or size), int(height or size)
     if width % 8 or height % 8:

@@ -110,6 +110,7 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "modelspec.resolution": f"{width}x{height}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
         "lt_family": family.name,
+        "lt_preset": config.preset or "none",
         "lt_config": config.to_toml(),
     }
     meta.update(model_hashes(config.pretrained_model_name_or_path))

@@ -35,7 +35,8 @@ class LoadedModel:
         return self.pipe.vae
 
     def text_encoders(self) -> list:
-        return [getattr(self.pipe, n) for n in self.family.text_parts if n.startswith("text_encoder")]
+        return [m for m in (getattr(self.pipe, n) for n in self.family.text_parts if n.startswith("text_encoder"))
+                if m is not None]
 
     def to(self, device) -> "LoadedModel":
         self.pipe.to(device)

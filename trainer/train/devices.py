@@ -29,6 +29,15 @@ def restore_encoders(model, device: torch.device) -> None:
         module.to(device)
 
 
+def release_text_encoders(model) -> None:
+    """Drop the text encoders (Kolors' ChatGLM3 is 12 GB in fp16) once their outputs are cached."""
+    for name in model.family.text_parts:
+        if name.startswith("text_encoder"):
+            setattr(model.pipe, name, None)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @contextlib.contextmanager
 def encoders_on(model, device: torch.device):
     """All encoders on ``device`` inside the block (for sampling), back where they were after."""

@@ -22,7 +22,7 @@ from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save
 from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_module_names, lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
-from .devices import encoders_on, offload_cached_encoders, restore_encoders
+from .devices import encoders_on, offload_cached_encoders, release_text_encoders, restore_encoders
 from .evaluate import dataset_loss
 from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
@@ -44,6 +44,7 @@ class Callbacks:
     on_start: Callable[[int, Dataset], None] | None = None  # (total steps, dataset)
     on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
     on_samples: Callable[[int, dict], None] | None = None  # (step, {name: png path})
+    on_loss: Callable[[int, float, float], None] | None = None  # (step, loss, smoothed loss)
     should_stop: Callable[[], bool] | None = None
     log: Callable[[str], None] = print
 
@@ -150,6 +151,9 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
     latents_from.prepare(cb.log)
     text_from.prepare([item.caption for item in dataset.items], device, cb.log)
     offload_cached_encoders(model, config, device)
+    if config.release_text_encoder:
+        release_text_encoders(model)
+        cb.log("text encoder(s) released after caching: reload the model to encode new prompts")
 
     params = add_unet_lora(unet, config.network_dim, config.network_alpha, family.lora_targets,
                            conv_rank=config.conv_dim, conv_alpha=config.conv_alpha, conv_targets=CONV_TARGETS,
@@ -168,6 +172,9 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         unet.enable_gradient_checkpointing()
     unet.train()
 
+    if config.full_bf16:
+        for param in params:
+            param.data = param.data.to(torch.bfloat16)
     lr = config.unet_lr or config.learning_rate
     optimizer = build_optimizer(config.optimizer_type, groups, lr, config.optimizer_args, device, cb.log)
     steps = total_steps(config, dataset, buckets)
@@ -192,6 +199,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
         cb.log(f"resumed from {config.resume} at step {progress.step} (epoch {progress.epoch + 1})")
     started, step, epoch, stopped = time.time(), progress.step, progress.epoch, False
     step_times: list[float] = []
+    smoothed = 0.0
 
     def checkpoint(position: int) -> None:
         save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen, caption_rng,
@@ -267,6 +275,9 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
                            f"{steps - step} steps")
                 if cb.on_step:
                     cb.on_step(step, steps, result.losses[-1])
+                if cb.on_loss:
+                    smoothed = 0.9 * smoothed + 0.1 * result.losses[-1] if step > 1 else result.losses[-1]
+                    cb.on_loss(step, result.losses[-1], smoothed)
                 if wants_samples(config, step, None):
                     sample(f"_s{step:06d}")
                 stopped = step < steps and bool(cb.should_stop and cb.should_stop())
