@@ -1,8 +1,25 @@
-"""ComfyUI node adapters over trainer/. Each node module adds its classes to the mappings.
+"""ComfyUI node adapters over trainer/: each parses widgets, calls the trainer, wraps outputs.
 
-The nodes themselves (loader, dataset, crop, tagger, caption editor, train, save, load, sampler)
-arrive with the nodes issue; until then the pack registers no node, and ComfyUI loads it cleanly.
+Node ids carry the LT_ prefix: core ComfyUI already has TrainLoraNode, SaveLoRANode,
+LoraModelLoader and LoraSave. Smart Crop, Auto Tagger and Caption Editor come with the
+dataset-preparation work.
 """
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+from .dataset import DatasetLoader
+from .lora import LoraSave
+from .model import KolorsSDXLLoader, LoraLoad
+from .sample import SamplerPreview
+from .train import LoraTrain, TrainingOptions
+
+NODES = {
+    "LT_KolorsSDXLLoader": (KolorsSDXLLoader, "Kolors/SDXL Loader"),
+    "LT_DatasetLoader": (DatasetLoader, "Dataset Loader"),
+    "LT_TrainingOptions": (TrainingOptions, "Training Options"),
+    "LT_LoraTrain": (LoraTrain, "LoRA Train"),
+    "LT_LoraSave": (LoraSave, "LoRA Save"),
+    "LT_LoraLoad": (LoraLoad, "LoRA Load"),
+    "LT_SamplerPreview": (SamplerPreview, "Sampler preview"),
+}
+
+NODE_CLASS_MAPPINGS = {key: cls for key, (cls, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {key: name for key, (_, name) in NODES.items()}

@@ -60,3 +60,18 @@ def star_dataset(tmp_path):
     from trainer.demo import paint_dataset
 
     return paint_dataset(tmp_path / "dataset")
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The repo root imported as a package, as ComfyUI imports it from custom_nodes/."""
+    import importlib.util
+
+    name = "lt_pack"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

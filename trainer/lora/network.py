@@ -27,6 +27,7 @@ def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_nam
     their own rank/alpha); return the trainable parameters (kept in fp32)."""
     from peft import LoraConfig
 
+    drop_adapter(unet, adapter_name)  # training again on the same pipeline starts a fresh LoRA
     convs = conv_module_names(unet, list(conv_targets)) if conv_rank else []
     patterns = {f"^{name.replace('.', '[.]')}$": None for name in convs}
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets) + convs,
@@ -44,8 +45,14 @@ def add_text_encoder_lora(encoder, rank: int, alpha: float, adapter_name: str = 
 
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=TEXT_ENCODER_TARGETS,
                         lora_dropout=float(dropout), init_lora_weights=True)
+    drop_adapter(encoder, adapter_name)
     encoder.add_adapter(config, adapter_name=adapter_name)
     return _trainable(encoder, adapter_name, TEXT_ENCODER_TARGETS)
+
+
+def drop_adapter(module, adapter_name: str) -> None:
+    if adapter_name in (getattr(module, "peft_config", None) or {}):
+        module.delete_adapters(adapter_name) if hasattr(module, "delete_adapters") else module.delete_adapter(adapter_name)
 
 
 def _trainable(module, adapter_name: str, targets) -> list:

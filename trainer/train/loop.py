@@ -115,6 +115,14 @@ def extract_lora(model, config: TrainConfig, dataset, step: int, epoch: int, sta
 
 def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
           callbacks: Callbacks | None = None, device: torch.device | None = None) -> TrainResult:
+    """Train a LoRA as ``config`` says. Safe to call under torch.inference_mode() (ComfyUI runs
+    nodes that way): everything the run creates is made outside it, as trainable tensors."""
+    with torch.inference_mode(False):
+        return _train(config, model, dataset, callbacks, device)
+
+
+def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | None,
+           callbacks: Callbacks | None, device: torch.device | None) -> TrainResult:
     config.validate()
     cb = callbacks or Callbacks()
     device = device or default_device()

@@ -1,0 +1,128 @@
+"""The few ComfyUI services the nodes use, in one place: model folders, progress, cancel, memory.
+
+Inside ComfyUI these are folder_paths / comfy.utils / comfy.model_management. Outside it (the
+tests' small executor) the same functions work on a plain models folder (LT_MODELS_DIR), so the
+nodes run unchanged in both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:  # inside ComfyUI
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+    import folder_paths
+except ImportError:  # plain Python: tests, scripts
+    folder_paths = comfy_utils = model_management = None
+
+IN_COMFY = folder_paths is not None
+
+
+def models_root() -> Path:
+    if IN_COMFY:
+        return Path(folder_paths.models_dir)
+    return Path(os.environ.get("LT_MODELS_DIR", "models"))
+
+
+def model_folders(kind: str) -> list[Path]:
+    """Folders ComfyUI searches for ``kind`` (checkpoints, loras, vae, diffusers, ...)."""
+    if IN_COMFY:
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+        except KeyError:
+            return [models_root() / kind]
+    return [models_root() / kind]
+
+
+def list_files(kind: str, suffixes=(".safetensors",)) -> list[str]:
+    if IN_COMFY:
+        try:
+            return [f for f in folder_paths.get_filename_list(kind) if f.lower().endswith(suffixes)]
+        except KeyError:
+            pass
+    out = []
+    for folder in model_folders(kind):
+        if folder.is_dir():
+            out += [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.suffix.lower() in suffixes]
+    return out
+
+
+def list_model_dirs(kind: str = "diffusers") -> list[str]:
+    """Sub-folders holding a diffusers model (a unet/ folder inside)."""
+    out = []
+    for folder in model_folders(kind):
+        if folder.is_dir():
+            out += [p.name for p in sorted(folder.iterdir()) if (p / "unet").is_dir()]
+    return out
+
+
+def full_path(kind: str, name: str) -> Path | None:
+    for folder in model_folders(kind):
+        candidate = (folder / name).resolve()
+        if candidate.exists() and folder.resolve() in candidate.parents:
+            return candidate
+    return None
+
+
+def output_dir() -> Path:
+    if IN_COMFY:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("LT_OUTPUT_DIR", "output"))
+
+
+def temp_dir() -> Path:
+    if IN_COMFY:
+        return Path(folder_paths.get_temp_directory())
+    return output_dir() / "temp"
+
+
+def input_dir() -> Path:
+    if IN_COMFY:
+        return Path(folder_paths.get_input_directory())
+    return Path(os.environ.get("LT_INPUT_DIR", "input"))
+
+
+class Progress:
+    """ComfyUI's progress bar (which also powers the Cancel button) or nothing."""
+
+    def __init__(self, total: int, node_id=None):
+        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if IN_COMFY else None
+        self.total = total
+
+    def update(self, value: int, preview=None) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(value, self.total, preview)
+
+
+def send_event(event: str, data: dict) -> None:
+    """A message to the browser (the js/ extension draws the live loss chart from it)."""
+    if IN_COMFY:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync(event, data)
+
+
+def interrupted() -> bool:
+    return bool(IN_COMFY and model_management.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    if IN_COMFY:
+        model_management.throw_exception_if_processing_interrupted()
+
+
+def free_comfy_models() -> None:
+    """Unload ComfyUI's own models before training so the UNet gets the memory."""
+    if IN_COMFY:
+        model_management.unload_all_models()
+        model_management.soft_empty_cache()
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if IN_COMFY:
+        model_management.soft_empty_cache()

@@ -1,0 +1,52 @@
+"""LoRA Save: the trained LoRA into models/loras, never outside it, never over another file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..trainer.errors import TrainerError
+from . import comfy_env
+
+
+def safe_name(name: str) -> str:
+    stem = re.sub(r"[^\w.\- ]+", "_", Path(name.strip()).name).strip(" ._")
+    stem = re.sub(r"\.safetensors$", "", stem, flags=re.IGNORECASE)
+    if not stem:
+        raise TrainerError("LoRA Save: give a file name (letters, digits, _ - .).")
+    return stem
+
+
+def free_path(folder: Path, stem: str, overwrite: bool) -> Path:
+    path = folder / f"{stem}.safetensors"
+    n = 1
+    while path.exists() and not overwrite:
+        path, n = folder / f"{stem}_{n}.safetensors", n + 1
+    return path
+
+
+class LoraSave:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Saves the LoRA to models/loras/<name>.safetensors (kohya format: loads in LoraLoader)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora": ("LT_LORA", {"tooltip": "From LoRA Train."}),
+            "name": ("STRING", {"default": "my_lora", "tooltip": "File name in models/loras; an existing file is "
+                                "never replaced unless overwrite is on (a _1, _2 suffix is added)."}),
+            "precision": (["fp16", "bf16", "fp32"], {"default": "fp16", "tooltip": "fp16 is seed 000's advice: half "
+                          "the size, no visible loss."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name."}),
+        }}
+
+    def save(self, lora, name, precision, overwrite):
+        from ..trainer.lora.kohya_format import save_lora
+
+        folder = comfy_env.model_folders("loras")[0]
+        path = save_lora(lora, free_path(folder, safe_name(name), overwrite), precision)
+        return {"ui": {"text": [str(path)]}, "result": (str(path),)}

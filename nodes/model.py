@@ -1,0 +1,97 @@
+"""Kolors/SDXL Loader and LoRA Load: models from ComfyUI's model folders into an LT_PIPELINE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..trainer.errors import TrainerError
+from . import comfy_env
+
+FAMILIES = ["auto", "kolors", "sdxl", "sd15"]
+DTYPES = ["fp16", "bf16", "fp32"]
+
+
+def model_choices() -> list[str]:
+    folders = [f"diffusers/{name}" for name in comfy_env.list_model_dirs("diffusers")]
+    files = [f"checkpoints/{name}" for name in comfy_env.list_files("checkpoints")]
+    return folders + files or ["(put a model in models/diffusers or models/checkpoints)"]
+
+
+def comfy_tokenizer_dir() -> str | None:
+    """ComfyUI's own CLIP tokenizer files (single-file checkpoints carry none)."""
+    if not comfy_env.IN_COMFY:
+        return None
+    import comfy
+
+    folder = Path(comfy.__file__).parent / "sd1_tokenizer"
+    return str(folder) if folder.is_dir() else None
+
+
+def resolve_model(choice: str) -> Path:
+    kind, _, name = choice.partition("/")
+    path = comfy_env.full_path(kind, name) if name else None
+    if path is None:
+        raise TrainerError(f"Model '{choice}' not found: put a diffusers folder in models/diffusers/ or a "
+                           ".safetensors checkpoint in models/checkpoints/, then refresh (press R).")
+    return path
+
+
+class KolorsSDXLLoader:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_PIPELINE",)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "load"
+    DESCRIPTION = "Loads a Kolors, SDXL or SD1.5 model for training and preview sampling."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (model_choices(), {"tooltip": "A diffusers folder in models/diffusers (Kolors' own layout) "
+                                                    "or a single-file checkpoint in models/checkpoints (SDXL, SD1.5)."}),
+            "family": (FAMILIES, {"default": "auto", "tooltip": "Detected from the files; override only if wrong."}),
+            "dtype": (DTYPES, {"default": "fp16", "tooltip": "Weight precision of UNet and text encoders. fp16/bf16 "
+                                                            "halve memory; the VAE always stays fp32."}),
+        }, "optional": {
+            "vae": (["none"] + comfy_env.list_files("vae"), {"default": "none", "tooltip": "A separate VAE, e.g. "
+                    "sdxl-vae-fp16-fix (seed 001 uses it for Kolors). 'none' keeps the model's own."}),
+        }}
+
+    def load(self, model, family, dtype, vae="none"):
+        from ..trainer.models.loader import load_model
+
+        vae_path = comfy_env.full_path("vae", vae) if vae and vae != "none" else None
+        # ComfyUI runs nodes under inference_mode: weights made there could never be trained.
+        with torch.inference_mode(False):
+            loaded = load_model(resolve_model(model), family, dtype, vae_path=vae_path,
+                                tokenizer_dir=comfy_tokenizer_dir())
+        return (loaded,)
+
+
+class LoraLoad:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_PIPELINE",)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "apply"
+    DESCRIPTION = "Applies a LoRA file from models/loras (kohya, diffusers/peft, DiffSynth .ckpt) to the pipeline."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": ("LT_PIPELINE", {"tooltip": "From Kolors/SDXL Loader or LoRA Train."}),
+            "lora_name": (comfy_env.list_files("loras", (".safetensors", ".ckpt", ".pt")) or ["(no LoRA in models/loras)"],
+                          {"tooltip": "A LoRA in models/loras. DiffSynth .ckpt files are read without running code."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.05,
+                                   "tooltip": "How strongly the LoRA applies (1.0 = as trained)."}),
+        }}
+
+    def apply(self, pipeline, lora_name, strength):
+        from ..trainer.lora.apply import apply_lora
+
+        path = comfy_env.full_path("loras", lora_name)
+        if path is None:
+            raise TrainerError(f"LoRA '{lora_name}' not found in models/loras: refresh the list (press R).")
+        with torch.inference_mode(False):
+            apply_lora(pipeline, path, strength, adapter_name=Path(lora_name).stem.replace(".", "_"))
+        return (pipeline,)

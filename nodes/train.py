@@ -1,0 +1,160 @@
+"""Training Options and LoRA Train: build the trainer's TrainConfig from widgets and run train()."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from . import comfy_env
+from .images import preview, to_image_tensor
+
+PRESETS = ["none", "anime", "realistic", "sdxl_character", "kolors"]
+LOSS_EVENT = "lt.train.loss"  # {"node", "step", "total", "loss", "smoothed"} every step, for js/
+
+# (widget, type, default, extra, tooltip): the common settings shown on LoRA Train itself
+MAIN = [
+    ("preset", PRESETS, "none", {}, "Seed 000/001 recommendations: anime (repeats 8, 20 epochs, dim 16), realistic "
+     "(15 x 10, dim 64), sdxl_character (10 x 10, unet lr 2e-4, dim 8, alpha 4), kolors (rank 16, alpha 4). "
+     "Widgets you change win over the preset."),
+    ("output_name", "STRING", "my_lora", {}, "Name of the LoRA and of its training folder under output/lora_trainer/."),
+    ("resolution", "STRING", "1024", {}, "Training size: 1024, 512, or width,height such as 768,1024 (multiples of 64)."),
+    ("network_dim", "INT", 16, {"min": 1, "max": 256}, "LoRA rank: 8-32 for characters/anime, 64-128 realistic."),
+    ("network_alpha", "FLOAT", 8.0, {"min": 0.01, "max": 256.0, "step": 0.5}, "Usually half of network_dim."),
+    ("learning_rate", "FLOAT", 1e-4, {"min": 1e-7, "max": 1.0, "step": 1e-5, "round": False},
+     "UNet learning rate (seed 000: 1e-4; SDXL characters 2e-4). Prodigy wants 1.0."),
+    ("max_train_epochs", "INT", 10, {"min": 1, "max": 1000}, "Passes over images x repeats (anime 20, realistic 10)."),
+    ("train_batch_size", "INT", 1, {"min": 1, "max": 64}, "Images per step; steps = images x repeats x epochs / batch."),
+    ("mixed_precision", ["fp16", "bf16", "no"], "fp16", {}, "fp16 is seed 000's advice; bf16 on newer GPUs and CPUs."),
+    ("gradient_checkpointing", "BOOLEAN", True, {}, "Saves a lot of memory for ~20% more time."),
+    ("seed", "INT", 42, {"min": 0, "max": 2**31 - 1}, "Same seed, same data, same settings: same LoRA."),
+]
+
+
+def widgets(spec) -> dict:
+    out = {}
+    for name, kind, default, extra, tip in spec:
+        if isinstance(kind, list):
+            out[name] = (kind, {"default": default, "tooltip": tip})
+        else:
+            out[name] = (kind, {"default": default, "tooltip": tip, **extra})
+    return out
+
+
+def changed_widgets(values: dict) -> dict:
+    """Widget values the user changed from their defaults (a preset fills the others)."""
+    defaults = {name: default for name, _, default, _, _ in MAIN}
+    return {k: v for k, v in values.items() if k in defaults and v != defaults[k]}
+
+
+class TrainingOptions:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_OPTIONS",)
+    RETURN_NAMES = ("options",)
+    FUNCTION = "build"
+    DESCRIPTION = "Every other kohya-ss setting, as TOML lines (name = value), for LoRA Train's options input."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "settings": ("STRING", {"multiline": True, "default": 'lr_scheduler = "cosine_with_restarts"\n'
+                                    'lr_scheduler_num_cycles = 3\noptimizer_type = "AdamW8bit"\n'
+                                    'cache_latents = true\n',
+                                    "tooltip": "kohya parameter names, TOML syntax: conv_dim, noise_offset, "
+                                    "multires_noise_iterations, min_snr_gamma, shuffle_caption, keep_tokens, "
+                                    "enable_bucket, save_every_n_epochs, sample_prompts, ... (see README)."}),
+        }, "optional": {"options": ("LT_OPTIONS", {"tooltip": "More options to merge (later ones win)."})}}
+
+    def build(self, settings, options=None):
+        import tomllib
+
+        from ..trainer.config import TrainConfig
+        from ..trainer.errors import TrainerError
+
+        try:
+            values = tomllib.loads(settings)
+        except tomllib.TOMLDecodeError as err:
+            raise TrainerError(f"Training Options: not valid TOML ({err}). Write one name = value per line.") from None
+        merged = {**(options or {}), **values}
+        TrainConfig.from_dict(merged, source="Training Options").validate()  # fail here, not mid-run
+        return (merged,)
+
+
+class LoraTrain:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_LORA", "LT_PIPELINE", "IMAGE")
+    RETURN_NAMES = ("lora", "pipeline", "loss_chart")
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Trains a LoRA; Cancel stops within a step and queueing again resumes."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pipeline": ("LT_PIPELINE", {"tooltip": "From Kolors/SDXL Loader."}),
+                             "dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader."}),
+                             **widgets(MAIN)},
+                "optional": {"options": ("LT_OPTIONS", {"tooltip": "More kohya settings from Training Options."}),
+                             "sample_prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
+                                               "Optional prompt(s), one per line, sampled every epoch and shown here."})},
+                "hidden": {"unique_id": "UNIQUE_ID"}}
+
+    def train(self, pipeline, dataset, options=None, sample_prompt="", unique_id=None, **widget_values):
+        from ..trainer.chart import loss_chart
+        from ..trainer.config import TrainConfig
+        from ..trainer.train.loop import Callbacks, train
+
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", widget_values["output_name"]).strip("._") or "lora"
+        preset = widget_values.get("preset", "none")
+        # with a preset, only the widgets the user changed override it
+        chosen = dict(widget_values) if preset == "none" else changed_widgets(widget_values)
+        values = {**chosen, **(options or {}), "output_name": name}
+        values.pop("preset", None)
+        if preset != "none":
+            values["preset"] = preset
+        prompts = [p for p in sample_prompt.splitlines() if p.strip()]
+        if prompts:
+            values.setdefault("sample_prompts", prompts)
+            values.setdefault("sample_every_n_epochs", 1)
+        run_dir = comfy_env.output_dir() / "lora_trainer" / name
+        values.update(output_dir=str(run_dir), pretrained_model_name_or_path=pipeline.source)
+        config = TrainConfig.from_dict(values, source="LoRA Train")
+        state = run_dir / f"{name}-state" / "progress.json"
+        if state.is_file() and same_run(state, config):
+            config.resume = str(state.parent)
+
+        comfy_env.free_comfy_models()
+        bar = {}
+
+        def on_start(total, _):
+            bar["p"] = comfy_env.Progress(total, unique_id)
+
+        def on_step(step, total, loss):
+            bar["p"].update(step)
+
+        def on_loss(step, loss, smoothed):
+            comfy_env.send_event(LOSS_EVENT, {"node": unique_id, "step": step, "total": bar["p"].total,
+                                              "loss": loss, "smoothed": smoothed})
+
+        def on_samples(step, files):
+            from PIL import Image
+
+            bar["p"].update(step, ("PNG", Image.open(next(iter(files.values()))), 512))
+
+        callbacks = Callbacks(on_start=on_start, on_step=on_step, on_loss=on_loss, on_samples=on_samples,
+                              should_stop=comfy_env.interrupted, log=print)
+        result = train(config, model=pipeline, dataset=dataset, callbacks=callbacks)
+        comfy_env.release_memory()
+        comfy_env.raise_if_interrupted()  # Cancel: state is saved, queueing again resumes
+        chart = loss_chart(result.losses)
+        return {"ui": {"images": preview(chart)}, "result": (result.lora, result.model, to_image_tensor(chart))}
+
+
+def same_run(progress_file: Path, config) -> bool:
+    """A saved state belongs to this run when every setting but resume matches."""
+    try:
+        saved = json.loads(progress_file.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError):
+        return False
+    mine = config.to_dict()
+    return {k: v for k, v in saved.items() if k != "resume"} == {k: v for k, v in mine.items() if k != "resume"}
+

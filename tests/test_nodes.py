@@ -1,0 +1,123 @@
+"""The ComfyUI nodes without ComfyUI: definitions, and whole graphs run like ComfyUI runs them."""
+
+import shutil
+
+import pytest
+import torch
+
+from graph_runner import run_graph
+
+
+@pytest.fixture
+def comfy_dirs(tmp_path, monkeypatch, tiny_models, star_dataset):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models("kolors"), models / "diffusers" / "TinyKolors")
+    (models / "loras").mkdir()
+    (models / "vae").mkdir()
+    (models / "checkpoints").mkdir()
+    inputs = tmp_path / "input"
+    shutil.copytree(star_dataset, inputs / "stars")
+    for name, path in (("LT_MODELS_DIR", models), ("LT_INPUT_DIR", inputs), ("LT_OUTPUT_DIR", tmp_path / "output")):
+        monkeypatch.setenv(name, str(path))
+    return tmp_path
+
+
+def test_every_node_is_well_formed(pack, comfy_dirs):
+    nodes = pack.nodes
+    assert set(nodes.NODE_CLASS_MAPPINGS) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    assert all(key.startswith("LT_") for key in nodes.NODE_CLASS_MAPPINGS)
+    for key, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        types = cls.INPUT_TYPES()
+        assert callable(getattr(cls, cls.FUNCTION)), key
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) and cls.CATEGORY == "LoRA Trainer"
+        for group in ("required", "optional"):
+            for name, spec in types.get(group, {}).items():
+                assert len(spec) == 2 and spec[1].get("tooltip"), f"{key}.{name} has no tooltip"
+                default = spec[1].get("default")
+                if isinstance(spec[0], list) and default is not None:
+                    assert default in spec[0], (key, name)
+    assert "diffusers/TinyKolors" in nodes.NODE_CLASS_MAPPINGS["LT_KolorsSDXLLoader"].INPUT_TYPES()["required"]["model"][0]
+
+
+def graph(**train_widgets):
+    widgets = dict(preset="none", output_name="stars", resolution="64", network_dim=4, network_alpha=4.0,
+                   learning_rate=1e-3, max_train_epochs=1, train_batch_size=4, mixed_precision="no",
+                   gradient_checkpointing=False, seed=1)
+    widgets.update(train_widgets)
+    sample = dict(prompt="ltdemo, a yellow star", negative="", seed=3, steps=3, cfg=4.0, width=64, height=64,
+                  sampler="euler", lora_strength=1.0)
+    return {
+        "1": {"class_type": "LT_KolorsSDXLLoader", "inputs": {"model": "diffusers/TinyKolors", "family": "auto",
+                                                               "dtype": "fp32"}},
+        "2": {"class_type": "LT_DatasetLoader", "inputs": {"folder": "stars", "repeats": 1, "trigger_word": "ltdemo",
+                                                            "caption_extension": ".txt"}},
+        "3": {"class_type": "LT_TrainingOptions", "inputs": {"settings": "conv_dim = 4\nconv_alpha = 4\n"}},
+        "4": {"class_type": "LT_LoraTrain", "inputs": {"pipeline": ["1", 0], "dataset": ["2", 0],
+                                                        "options": ["3", 0], **widgets}},
+        "5": {"class_type": "LT_LoraSave", "inputs": {"lora": ["4", 0], "name": "../stars", "precision": "fp32",
+                                                       "overwrite": False}},
+        "6": {"class_type": "LT_SamplerPreview", "inputs": {"pipeline": ["4", 1], **sample}},
+    }
+
+
+def test_train_then_generate_graph_runs_under_inference_mode(pack, comfy_dirs):
+    out = run_graph(pack, graph())
+    saved = comfy_dirs / "models" / "loras" / "stars.safetensors"
+    assert out["5"][0] == str(saved) and saved.is_file()  # "../" never leaves models/loras
+    lora, trained_pipe, chart = out["4"]
+    assert chart.shape == (1, 360, 640, 3) and 0 <= float(chart.min()) and float(chart.max()) <= 1
+    assert lora.metadata["ss_steps"] == "10"  # 4 images x 10 repeats (kohya folder) / batch 4
+    image = out["6"][0]
+    assert image.shape == (1, 64, 64, 3)
+    # a second graph: fresh loader + LoRA Load of the saved file gives the same picture
+    load = {
+        "1": {"class_type": "LT_KolorsSDXLLoader", "inputs": {"model": "diffusers/TinyKolors", "family": "auto",
+                                                               "dtype": "fp32"}},
+        "2": {"class_type": "LT_LoraLoad", "inputs": {"pipeline": ["1", 0], "lora_name": "stars.safetensors",
+                                                       "strength": 1.0}},
+        "3": {"class_type": "LT_SamplerPreview", "inputs": {"pipeline": ["2", 0], **graph()["6"]["inputs"]}},
+    }
+    del load["3"]["inputs"]["pipeline"]
+    load["3"]["inputs"]["pipeline"] = ["2", 0]
+    again = run_graph(pack, load)["3"][0]
+    assert torch.allclose(again, image, atol=2 / 255)
+    # saving again never replaces the first file
+    second = run_graph(pack, graph(seed=2))["5"][0]
+    assert second.endswith("stars_1.safetensors")
+
+
+def test_dataset_loader_changes_when_a_caption_changes(pack, comfy_dirs):
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]
+    args = dict(folder="stars", repeats=1, trigger_word="", caption_extension=".txt")
+    first = loader.IS_CHANGED(**args)
+    assert loader.IS_CHANGED(**args) == first
+    caption = next((comfy_dirs / "input" / "stars" / "10_ltdemo").glob("*.txt"))
+    caption.write_text("ltdemo, edited", encoding="utf-8")
+    assert loader.IS_CHANGED(**args) != first
+
+
+def test_cancel_keeps_state_and_queueing_again_resumes(pack, comfy_dirs, monkeypatch):
+    env = pack.nodes.comfy_env
+    calls = {"n": 0}
+
+    def interrupted():
+        calls["n"] += 1
+        return calls["n"] == 4  # the user presses Cancel during step 4
+
+    monkeypatch.setattr(env, "interrupted", interrupted)
+    g = graph(max_train_epochs=2)
+    first = run_graph(pack, g)["4"][0]
+    assert first.metadata["ss_steps"] == "4"
+    state = comfy_dirs / "output" / "lora_trainer" / "stars" / "stars-state"
+    assert (state / "optimizer.pt").is_file()
+    resumed = run_graph(pack, g)["4"][0]
+    assert resumed.metadata["ss_steps"] == "20"
+
+
+def test_errors_read_as_one_line(pack, comfy_dirs):
+    from graph_runner import run_graph as run
+
+    bad = graph()
+    bad["2"]["inputs"]["folder"] = "nope"
+    with pytest.raises(pack.trainer.errors.TrainerError, match="Dataset folder not found: .*nope"):
+        run(pack, bad)
