@@ -121,3 +121,27 @@ def test_errors_read_as_one_line(pack, comfy_dirs):
     bad["2"]["inputs"]["folder"] = "nope"
     with pytest.raises(pack.trainer.errors.TrainerError, match="Dataset folder not found: .*nope"):
         run(pack, bad)
+
+
+def test_auto_tagger_node_tags_the_dataset_in_memory(pack, comfy_dirs, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(comfy_dirs.parent))
+    from test_tagger_wd14 import TAGS, StandIn
+
+    folder = comfy_dirs / "models" / "wd14_tagger" / "standin"
+    folder.mkdir(parents=True)
+    torch.onnx.export(StandIn(), torch.zeros(1, 448, 448, 3), str(folder / "model.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "n"}})
+    rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},100" for i, n, c in TAGS]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    g = {"2": graph()["2"],
+         "7": {"class_type": "LT_AutoTagger", "inputs": {"dataset": ["2", 0], "tagger": "standin", "threshold": 0.6,
+                                                         "character_threshold": 0.85, "exclude": "^_^",
+                                                         "mode": "append"}}}
+    dataset, text = run_graph(pack, g)["7"]
+    assert all(item.caption.startswith("ltdemo, a yellow star, blue background, ") for item in dataset.items)
+    assert all("hatsune miku" in item.caption and "^_^" not in item.caption for item in dataset.items)
+    captions = sorted(p.read_text() for p in (comfy_dirs / "input" / "stars").rglob("*.txt"))
+    assert all("hatsune" not in c for c in captions)  # files untouched
+    assert text.count("\n") == 3
