@@ -1,21 +1,23 @@
 """ComfyUI node adapters over trainer/: each parses widgets, calls the trainer, wraps outputs.
 
 Node ids carry the LT_ prefix: core ComfyUI already has TrainLoraNode, SaveLoRANode,
-LoraModelLoader and LoraSave. Smart Crop and Caption Editor nodes come with the
-dataset-preparation work (their cores are in trainer/data/).
+LoraModelLoader and LoraSave.
 """
 
 from .dataset import DatasetLoader
 from .lora import LoraSave
 from .model import KolorsSDXLLoader, LoraLoad
-from .prep import AutoTagger
+from .prep import AutoTagger, CaptionEditor, DatasetReport, SmartCrop
 from .sample import SamplerPreview
 from .train import LoraTrain, TrainingOptions
 
 NODES = {
     "LT_KolorsSDXLLoader": (KolorsSDXLLoader, "Kolors/SDXL Loader"),
     "LT_DatasetLoader": (DatasetLoader, "Dataset Loader"),
+    "LT_SmartCrop": (SmartCrop, "Smart Crop"),
     "LT_AutoTagger": (AutoTagger, "Auto Tagger"),
+    "LT_CaptionEditor": (CaptionEditor, "Caption Editor"),
+    "LT_DatasetReport": (DatasetReport, "Dataset Report"),
     "LT_TrainingOptions": (TrainingOptions, "Training Options"),
     "LT_LoraTrain": (LoraTrain, "LoRA Train"),
     "LT_LoraSave": (LoraSave, "LoRA Save"),

@@ -1,9 +1,10 @@
-"""Dataset preparation nodes over trainer/data: Auto Tagger (WD14). Captions change in memory;
-writing .txt files is the Caption Editor's job."""
+"""Dataset preparation nodes over trainer/data: Smart Crop, Auto Tagger (WD14), Caption Editor,
+Dataset Report. Captions change in memory; only Caption Editor writes .txt files, when asked."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from ..trainer.errors import TrainerError
 from . import comfy_env
@@ -68,3 +69,113 @@ class AutoTagger:
         tagged = replace(dataset, items=items)
         text = "\n".join(f"{item.path.name}: {item.caption}" for item in tagged.train_items)
         return (tagged, text)
+
+
+SIZES = ["512x512", "512x768", "768x512", "1024x1024", "1024x768", "768x1024", "custom"]
+
+
+class SmartCrop:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_DATASET", "STRING")
+    RETURN_NAMES = ("dataset", "summary")
+    FUNCTION = "crop"
+    DESCRIPTION = "Crops every image to one size keeping the subject (faces, then salient content)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader."}),
+            "mode": (["focus", "center", "none"], {"default": "focus", "tooltip": "focus keeps the main subject "
+                     "(seed 000 recommends it); center crops the middle; none pads to the size on white."}),
+            "size": (SIZES, {"default": "1024x1024", "tooltip": "Seed 000: 512x512, 512x768 or 768x512 for SD1.5; "
+                             "1024x1024 or 1024x768 for SDXL/Kolors."}),
+            "custom_width": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "With size custom."}),
+            "custom_height": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "With size custom."}),
+        }}
+
+    def crop(self, dataset, mode, size, custom_width, custom_height):
+        import hashlib
+
+        from ..trainer.atomic import save_image
+        from ..trainer.data.smart_crop import smart_crop
+        from ..trainer.data.images import open_rgb
+
+        width, height = (custom_width, custom_height) if size == "custom" else map(int, size.split("x"))
+        key = hashlib.sha256(f"{dataset.root}|{mode}|{width}x{height}".encode()).hexdigest()[:12]
+        out_root = comfy_env.output_dir() / "lora_trainer" / "prepared" / key
+        bar = comfy_env.Progress(len(dataset.items))
+        items, upscaled, methods = [], 0, {}
+        for n, item in enumerate(dataset.items, 1):
+            comfy_env.raise_if_interrupted()
+            result = smart_crop(open_rgb(item.path), width, height, mode)
+            rel = item.path.relative_to(dataset.root) if dataset.root in item.path.parents else Path(item.path.name)
+            target = save_image((out_root / rel).with_suffix(".png"), result.image)
+            items.append(replace(item, path=target, size=(width, height), source_size=result.original_size,
+                                 source_crop=result.crop_top_left))
+            upscaled += result.upscaled
+            methods[result.method] = methods.get(result.method, 0) + 1
+            bar.update(n)
+        summary = (f"{len(items)} images cropped to {width}x{height} ({mode}): "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
+                   + (f"; {upscaled} small images were upscaled" if upscaled else ""))
+        return (replace(dataset, items=items), summary)
+
+
+class CaptionEditor:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("LT_DATASET", "STRING")
+    RETURN_NAMES = ("dataset", "captions")
+    FUNCTION = "edit"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Edits captions: remove fixed features so the trigger word learns them, add, replace, trigger first."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader, Smart Crop or Auto Tagger."}),
+            "edits": ("STRING", {"multiline": True, "default": "trigger: mychar\nremove: black hair\ndedupe",
+                                 "tooltip": "One edit per line: remove: a, b | add: x | add_start: x | "
+                                 "replace: old -> new | trigger: word | dedupe | sort: 1"}),
+            "only_image": ("STRING", {"default": "", "tooltip": "A file name to edit just that image; empty = all."}),
+            "write_files": ("BOOLEAN", {"default": False, "tooltip": "Also write the .txt files beside the dataset's "
+                                        "images (after Smart Crop: its copies in output/lora_trainer/prepared/); old "
+                                        "captions are kept in .caption_backups/."}),
+        }}
+
+    def edit(self, dataset, edits, only_image, write_files):
+        from ..trainer.data.caption_edit import apply_edits, parse_edits, write_captions
+
+        edited = apply_edits(dataset, parse_edits(edits), only=only_image.strip() or None)
+        new = {e.image: e.new for e in edited}
+        items = [replace(item, caption=new.get(item.path, item.caption)) for item in dataset.items]
+        if write_files:
+            write_captions([e for e in edited if e.changed])
+        text = "\n".join(f"{item.path.name}: {item.caption}" for item in items if not item.is_reg)
+        return {"ui": {"text": [text]}, "result": (replace(dataset, items=items), text)}
+
+
+class DatasetReport:
+    CATEGORY = "LoRA Trainer"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("report_image", "report")
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Counts, sizes, small images, near-duplicates, missing captions, tag frequency, estimated steps."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dataset": ("LT_DATASET", {"tooltip": "Any dataset output."}),
+            "resolution": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "Training size."}),
+            "epochs": ("INT", {"default": 10, "min": 1, "max": 1000, "tooltip": "For the step estimate."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "For the step estimate."}),
+        }}
+
+    def report(self, dataset, resolution, epochs, batch_size):
+        from ..trainer.data.report import dataset_report, report_image, report_text
+        from .images import preview, to_image_tensor
+
+        rep = dataset_report(dataset, resolution, epochs, batch_size)
+        card = report_image(rep)
+        text = report_text(rep)
+        return {"ui": {"images": preview(card), "text": [text]}, "result": (to_image_tensor(card), text)}

@@ -145,3 +145,24 @@ def test_auto_tagger_node_tags_the_dataset_in_memory(pack, comfy_dirs, tmp_path)
     captions = sorted(p.read_text() for p in (comfy_dirs / "input" / "stars").rglob("*.txt"))
     assert all("hatsune" not in c for c in captions)  # files untouched
     assert text.count("\n") == 3
+
+
+def test_full_graph_crop_edit_report_train_save_load_sample(pack, comfy_dirs):
+    g = graph()
+    g["8"] = {"class_type": "LT_SmartCrop", "inputs": {"dataset": ["2", 0], "mode": "focus", "size": "custom",
+                                                        "custom_width": 64, "custom_height": 64}}
+    g["9"] = {"class_type": "LT_CaptionEditor", "inputs": {"dataset": ["8", 0], "only_image": "", "write_files": True,
+                                                            "edits": "remove: blue background\ntrigger: ltstar\ndedupe"}}
+    g["10"] = {"class_type": "LT_DatasetReport", "inputs": {"dataset": ["9", 0], "resolution": 64, "epochs": 1,
+                                                            "batch_size": 4}}
+    g["4"]["inputs"]["dataset"] = ["9", 0]
+    out = run_graph(pack, g)
+    dataset = out["9"][0]
+    assert all(item.caption == "ltstar, ltdemo, a yellow star" for item in dataset.items)
+    assert all(item.size == (64, 64) and item.source_size == (96, 96) for item in dataset.items)
+    written = sorted((comfy_dirs / "output" / "lora_trainer" / "prepared").rglob("*.txt"))
+    assert len(written) == 4 and written[0].read_text(encoding="utf-8") == "ltstar, ltdemo, a yellow star"
+    assert all("blue background" in p.read_text() for p in (comfy_dirs / "input" / "stars").rglob("*.txt"))
+    assert out["10"][0].shape[0] == 1 and "4" in out["10"][1]
+    assert out["4"][0].metadata["ss_tag_frequency"].count("ltstar") == 1
+    assert out["6"][0].shape == (1, 64, 64, 3)

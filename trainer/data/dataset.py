@@ -31,6 +31,10 @@ class ImageItem:
     folder: str  # the subfolder name (kohya's dataset dir), "" for the root
     is_reg: bool = False  # a regularization (prior) image
     size: tuple[int, int] = (0, 0)  # (width, height), upright
+    # set when this file is a crop made by Smart Crop: the source's (height, width) and the crop's
+    # (top, left), which SDXL/Kolors time ids should see instead of the cropped file's own
+    source_size: tuple[int, int] | None = None
+    source_crop: tuple[int, int] | None = None
 
 
 @dataclass

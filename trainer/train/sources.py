@@ -141,8 +141,15 @@ class LatentSource:
             return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), self.augment, self.rng)),
                                original, choice.crop_top_left)
         if self.augment.active:
-            return load_augmented(path, *self.size, self.augment, self.rng)
-        return load_fitted(path, *self.size)
+            fitted = load_augmented(path, *self.size, self.augment, self.rng)
+        else:
+            fitted = load_fitted(path, *self.size)
+        item = self.dataset.items[index]
+        if item.source_size:  # a Smart Crop file: time ids describe the crop in its source
+            top, left = item.source_crop
+            fitted = FittedImage(fitted.pixels, item.source_size,
+                                 (top + fitted.crop_top_left[0], left + fitted.crop_top_left[1]))
+        return fitted
 
 
 class TextSource:
