@@ -331,3 +331,18 @@ def test_full_bf16_release_text_encoder_smoothed_loss_and_v_prediction(tiny_mode
     v = train(config_for(tiny_models("sd15"), star_dataset, tmp_path / "d", max_train_steps=2, v_parameterization=True))
     assert eps.losses != v.losses
     assert eps.lora.metadata["lt_preset"] == "none"
+
+
+def test_smart_crop_source_size_and_offset_reach_the_time_ids(tiny_models, tmp_path):
+    from dataclasses import replace
+
+    from conftest import paint
+    from trainer.data.dataset import load_dataset
+    from trainer.models.loader import load_model
+    from trainer.train.sources import LatentSource
+
+    paint(tmp_path / "a.png", size=(64, 64))
+    data = load_dataset(tmp_path)
+    data = replace(data, items=[replace(data.items[0], source_size=(300, 400), source_crop=(10, 120))])
+    batch = LatentSource(load_model(tiny_models("sdxl")), data, 64, 64).batch([0], None, "cpu")
+    assert batch.original_sizes == [(300, 400)] and batch.crops == [(10, 120)]
