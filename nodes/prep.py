@@ -9,15 +9,37 @@ from pathlib import Path
 from ..trainer.errors import TrainerError
 from . import comfy_env
 
-TAGGER_KIND = "wd14_tagger"
+TAGGER_KIND, BLIP_KIND = "wd14_tagger", "blip"
 
 
 def tagger_choices() -> list[str]:
+    """"wd14/<name>" for models/wd14_tagger/<name>/model.onnx, "blip/<name>" for models/blip/<name>/."""
     names = []
-    for folder in comfy_env.model_folders(TAGGER_KIND):
-        if folder.is_dir():
-            names += [p.name for p in sorted(folder.iterdir()) if (p / "model.onnx").is_file()]
-    return names or ["(put a WD14 tagger in models/wd14_tagger/<name>/)"]
+    for kind, prefix, marker in ((TAGGER_KIND, "wd14", "model.onnx"), (BLIP_KIND, "blip", "config.json")):
+        for folder in comfy_env.model_folders(kind):
+            if folder.is_dir():
+                names += [f"{prefix}/{p.name}" for p in sorted(folder.iterdir()) if (p / marker).is_file()]
+    return names or ["(put a WD14 tagger in models/wd14_tagger/<name>/ or BLIP in models/blip/<name>/)"]
+
+
+def load_tagger(choice: str):
+    """A function images -> captions for a tagger choice, with the node's thresholds bound later."""
+    prefix, _, name = choice.partition("/")
+    kind = {"wd14": TAGGER_KIND, "blip": BLIP_KIND}.get(prefix)
+    folder = comfy_env.full_path(kind, name) if kind and name else None
+    if folder is None:
+        raise TrainerError(f"Tagger '{choice}' not found: put a WD14 tagger (model.onnx + selected_tags.csv) in "
+                           f"models/{TAGGER_KIND}/<name>/ or a BLIP model folder in models/{BLIP_KIND}/<name>/, "
+                           "then refresh.")
+    if prefix == "blip":
+        from ..trainer.data.captioner_blip import BlipCaptioner
+
+        captioner = BlipCaptioner(folder)
+        return lambda images, threshold, character_threshold, exclude: captioner.caption(images)
+    from ..trainer.data.tagger_wd14 import WD14Tagger
+
+    tagger = WD14Tagger(folder)
+    return lambda images, *args: [r.caption() for r in tagger.tag(images, *args)]
 
 
 class AutoTagger:
@@ -25,14 +47,17 @@ class AutoTagger:
     RETURN_TYPES = ("LT_DATASET", "STRING")
     RETURN_NAMES = ("dataset", "captions")
     FUNCTION = "tag"
-    DESCRIPTION = "Tags every image with a WD14 tagger (ONNX). Remove fixed features afterwards so the trigger word learns them."
+    DESCRIPTION = ("Captions every image: WD14 tags (ONNX) or BLIP sentences. Remove fixed features afterwards "
+                   "so the trigger word learns them.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader."}),
-            "tagger": (tagger_choices(), {"tooltip": "A folder in models/wd14_tagger/ with model.onnx and "
-                                          "selected_tags.csv (e.g. SmilingWolf/wd-v1-4-moat-tagger-v2)."}),
+            "tagger": (tagger_choices(), {"tooltip": "wd14/...: tags (models/wd14_tagger/<name>/ with model.onnx "
+                                          "and selected_tags.csv, e.g. SmilingWolf/wd-v1-4-moat-tagger-v2); "
+                                          "blip/...: sentences (models/blip/<name>/, e.g. "
+                                          "Salesforce/blip-image-captioning-base)."}),
             "threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 1.0, "step": 0.01, "tooltip":
                                     "Lower = more, more detailed tags. Seed 000 recommends 0.6; WD14's own default is 0.35."}),
             "character_threshold": ("FLOAT", {"default": 0.85, "min": 0.05, "max": 1.0, "step": 0.01,
@@ -45,13 +70,8 @@ class AutoTagger:
 
     def tag(self, dataset, tagger, threshold, character_threshold, exclude, mode):
         from ..trainer.data.images import open_rgb
-        from ..trainer.data.tagger_wd14 import WD14Tagger
 
-        folder = comfy_env.full_path(TAGGER_KIND, tagger)
-        if folder is None:
-            raise TrainerError(f"Tagger '{tagger}' not found: put model.onnx and selected_tags.csv in "
-                               f"models/{TAGGER_KIND}/<name>/ and refresh.")
-        model = WD14Tagger(folder)
+        run = load_tagger(tagger)
         todo = [i for i, item in enumerate(dataset.items)
                 if not item.is_reg and not (mode == "keep existing" and item.caption.strip())]
         bar = comfy_env.Progress(len(todo))
@@ -60,9 +80,8 @@ class AutoTagger:
         for done, start in enumerate(range(0, len(todo), 8)):
             chunk = todo[start:start + 8]
             comfy_env.raise_if_interrupted()
-            results = model.tag([open_rgb(items[i].path) for i in chunk], threshold, character_threshold, excluded)
-            for i, result in zip(chunk, results):
-                tags = result.caption()
+            results = run([open_rgb(items[i].path) for i in chunk], threshold, character_threshold, excluded)
+            for i, tags in zip(chunk, results):
                 caption = f"{items[i].caption}, {tags}" if mode == "append" and items[i].caption else tags
                 items[i] = replace(items[i], caption=caption or items[i].caption)
             bar.update(min(len(todo), start + len(chunk)))

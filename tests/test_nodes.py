@@ -136,7 +136,7 @@ def test_auto_tagger_node_tags_the_dataset_in_memory(pack, comfy_dirs, tmp_path)
     rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},100" for i, n, c in TAGS]
     (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     g = {"2": graph()["2"],
-         "7": {"class_type": "LT_AutoTagger", "inputs": {"dataset": ["2", 0], "tagger": "standin", "threshold": 0.6,
+         "7": {"class_type": "LT_AutoTagger", "inputs": {"dataset": ["2", 0], "tagger": "wd14/standin", "threshold": 0.6,
                                                          "character_threshold": 0.85, "exclude": "^_^",
                                                          "mode": "append"}}}
     dataset, text = run_graph(pack, g)["7"]
