@@ -9,13 +9,14 @@ from pathlib import Path
 from ..trainer.errors import TrainerError
 from . import comfy_env
 
-TAGGER_KIND, BLIP_KIND = "wd14_tagger", "blip"
+TAGGER_KIND, BLIP_KIND, DD_KIND = "wd14_tagger", "blip", "deepdanbooru"
 
 
 def tagger_choices() -> list[str]:
     """"wd14/<name>" for models/wd14_tagger/<name>/model.onnx, "blip/<name>" for models/blip/<name>/."""
     names = []
-    for kind, prefix, marker in ((TAGGER_KIND, "wd14", "model.onnx"), (BLIP_KIND, "blip", "config.json")):
+    for kind, prefix, marker in ((TAGGER_KIND, "wd14", "model.onnx"), (BLIP_KIND, "blip", "config.json"),
+                                 (DD_KIND, "deepdanbooru", "tags.txt")):
         for folder in comfy_env.model_folders(kind):
             if folder.is_dir():
                 names += [f"{prefix}/{p.name}" for p in sorted(folder.iterdir()) if (p / marker).is_file()]
@@ -25,7 +26,7 @@ def tagger_choices() -> list[str]:
 def load_tagger(choice: str):
     """A function images -> captions for a tagger choice, with the node's thresholds bound later."""
     prefix, _, name = choice.partition("/")
-    kind = {"wd14": TAGGER_KIND, "blip": BLIP_KIND}.get(prefix)
+    kind = {"wd14": TAGGER_KIND, "blip": BLIP_KIND, "deepdanbooru": DD_KIND}.get(prefix)
     folder = comfy_env.full_path(kind, name) if kind and name else None
     if folder is None:
         raise TrainerError(f"Tagger '{choice}' not found: put a WD14 tagger (model.onnx + selected_tags.csv) in "
@@ -36,6 +37,12 @@ def load_tagger(choice: str):
 
         captioner = BlipCaptioner(folder)
         return lambda images, threshold, character_threshold, exclude: captioner.caption(images)
+    if prefix == "deepdanbooru":
+        from ..trainer.data.tagger_deepdanbooru import DeepDanbooruTagger
+
+        dd = DeepDanbooruTagger(folder)
+        return lambda images, threshold, character_threshold, exclude: [
+            r.caption() for r in dd.tag(images, threshold, exclude)]
     from ..trainer.data.tagger_wd14 import WD14Tagger
 
     tagger = WD14Tagger(folder)

@@ -67,3 +67,23 @@ def test_batches_match_single_images(tagger):
 def test_missing_files_say_what_to_put_where(tmp_path):
     with pytest.raises(TrainerError, match=r"model.onnx and selected_tags.csv .*wd-v1-4-moat-tagger-v2"):
         WD14Tagger(tmp_path)
+
+
+def test_deepdanbooru_onnx_export_tags_rgb_and_skips_ratings(tmp_path):
+    from trainer.data.tagger_deepdanbooru import DeepDanbooruTagger
+
+    class DDStandIn(torch.nn.Module):
+        def forward(self, x):  # [N, 512, 512, 3] RGB 0..1
+            red = x[..., 0].mean(dim=(1, 2))
+            ones = torch.ones_like(red)
+            return torch.stack([red * 4, 0.9 * ones, 0.7 * ones, 0.1 * ones], dim=1)
+
+    torch.onnx.export(DDStandIn(), torch.zeros(1, 512, 512, 3), str(tmp_path / "model.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["output"], dynamic_axes={"input": {0: "n"}})
+    (tmp_path / "tags.txt").write_text("red_theme\nrating:safe\n1girl\nsolo\n", encoding="utf-8")
+    tagger = DeepDanbooruTagger(tmp_path)
+    result = tagger.tag([Image.new("RGB", (100, 50), (255, 0, 0))], threshold=0.6)[0]
+    # red fills half the padded (black) square: red score = 0.5 * 4 = 2.0 -> first; rating dropped
+    assert [t for t, _ in result.tags] == ["red theme", "1girl"]
+    with pytest.raises(TrainerError, match="DeepDanbooru files missing"):
+        DeepDanbooruTagger(tmp_path / "none")
