@@ -29,6 +29,21 @@ def folder_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
+def write_image_inputs(images, captions: str, caption_extension: str) -> Path:
+    """IMAGE inputs + caption lines as a dataset folder under output/lora_trainer/inputs/<content hash>/."""
+    from ..trainer.atomic import save_image, write_text
+    from .images import to_pil
+
+    lines = captions.splitlines()
+    digest = hashlib.sha256(images.cpu().numpy().tobytes() + captions.encode()).hexdigest()[:12]
+    folder = comfy_env.output_dir() / "lora_trainer" / "inputs" / digest
+    for i, img in enumerate(to_pil(images)):
+        save_image(folder / f"{i:04d}.png", img)
+        if i < len(lines) and lines[i].strip():
+            write_text(folder / f"{i:04d}{caption_extension}", lines[i].strip())
+    return folder
+
+
 class DatasetLoader:
     CATEGORY = "LoRA Trainer"
     RETURN_TYPES = ("LT_DATASET", "STRING")
@@ -50,20 +65,26 @@ class DatasetLoader:
         }, "optional": {
             "regularization_folder": ("STRING", {"default": "", "tooltip": "Optional class images (10-20 need no "
                                                  "captions, seed 000) that keep the model general."}),
+            "images": ("IMAGE", {"tooltip": "Instead of a folder: images from other nodes (e.g. Load Image); "
+                                 "the folder is then ignored."}),
+            "captions": ("STRING", {"multiline": True, "default": "", "tooltip": "With images: one caption per "
+                                    "line, in image order (missing lines get the trigger word)."}),
         }}
 
     @classmethod
-    def IS_CHANGED(cls, folder, regularization_folder="", **kwargs):
-        parts = [folder_fingerprint(resolve_folder(folder))]
+    def IS_CHANGED(cls, folder, regularization_folder="", images=None, **kwargs):
+        parts = [folder_fingerprint(resolve_folder(folder))] if images is None else []
         if regularization_folder:
             parts.append(folder_fingerprint(resolve_folder(regularization_folder)))
         return "|".join(parts) + repr(sorted(kwargs.items()))
 
-    def load(self, folder, repeats, trigger_word, caption_extension, regularization_folder=""):
+    def load(self, folder, repeats, trigger_word, caption_extension, regularization_folder="", images=None,
+             captions=""):
         from ..trainer.data.dataset import add_regularization, load_dataset
         from ..trainer.data.images import open_rgb
 
-        dataset = load_dataset(resolve_folder(folder), repeats, trigger_word, caption_extension)
+        root = resolve_folder(folder) if images is None else write_image_inputs(images, captions, caption_extension)
+        dataset = load_dataset(root, repeats, trigger_word, caption_extension)
         if regularization_folder:
             dataset = add_regularization(dataset, resolve_folder(regularization_folder), 1, "", caption_extension)
         lines = [f"{dataset.num_images} images, {dataset.num_train_samples} samples per epoch (x repeats)"]

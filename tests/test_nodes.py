@@ -166,3 +166,12 @@ def test_full_graph_crop_edit_report_train_save_load_sample(pack, comfy_dirs):
     assert out["10"][0].shape[0] == 1 and "4" in out["10"][1]
     assert out["4"][0].metadata["ss_tag_frequency"].count("ltstar") == 1
     assert out["6"][0].shape == (1, 64, 64, 3)
+
+
+def test_dataset_loader_takes_image_inputs_with_caption_lines(pack, comfy_dirs):
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]()
+    images = torch.rand(3, 64, 48, 3)
+    out = loader.load("ignored", 2, "ltthing", ".txt", images=images, captions="first one\n\nthird")
+    dataset = out["result"][0]
+    assert [item.caption for item in dataset.items] == ["first one", "ltthing", "third"]
+    assert dataset.num_train_samples == 6 and all(item.size == (48, 64) for item in dataset.items)
