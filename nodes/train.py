@@ -27,7 +27,8 @@ MAIN = [
     ("train_batch_size", "INT", 1, {"min": 1, "max": 64}, "Images per step; steps = images x repeats x epochs / batch."),
     ("mixed_precision", ["fp16", "bf16", "no"], "fp16", {}, "fp16 is seed 000's advice; bf16 on newer GPUs and CPUs."),
     ("gradient_checkpointing", "BOOLEAN", True, {}, "Saves a lot of memory for ~20% more time."),
-    ("seed", "INT", 42, {"min": 0, "max": 2**31 - 1}, "Same seed, same data, same settings: same LoRA."),
+    ("seed", "INT", 42, {"min": 0, "max": 2**31 - 1, "control_after_generate": False},
+     "Same seed, same data, same settings: same LoRA (fixed, so queueing again after Cancel resumes)."),
 ]
 
 

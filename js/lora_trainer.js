@@ -1,0 +1,185 @@
+// LoRA Trainer pack: live loss curve and step estimate on the LoRA Train node.
+// Plain ES module, loaded by ComfyUI from WEB_DIRECTORY; no build step, no dependencies.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const TRAIN = "LT_LoraTrain";
+const DATASET = "LT_DatasetLoader";
+const LOSS_EVENT = "lt.train.loss"; // {node, step, total, loss, smoothed} from nodes/train.py
+const MAX_POINTS = 4000; // older points are thinned out beyond this
+const trainNodes = new Set();
+
+function chain(obj, name, fn) {
+  const orig = obj[name];
+  obj[name] = function (...args) {
+    const result = orig?.apply(this, args);
+    fn.apply(this, args);
+    return result;
+  };
+}
+
+const widgetValue = (node, name) => node.widgets?.find((w) => w.name === name)?.value;
+
+// ---- step estimate -------------------------------------------------------------------------
+
+function datasetNode(node) {
+  const slot = node.findInputSlot?.("dataset") ?? -1;
+  let src = slot >= 0 ? node.getInputNode(slot) : null;
+  for (let hops = 0; src && src.type === "Reroute" && hops < 20; hops++) src = src.getInputNode(0);
+  return src;
+}
+
+let datasetInputs = []; // the Dataset Loader's widget names, from its node definition
+const snapshot = (node) => JSON.stringify(datasetInputs.map((name) => widgetValue(node, name)));
+
+function estimateText(node) {
+  const src = datasetNode(node);
+  if (!src) return "connect a Dataset Loader to estimate the steps";
+  if (src.type !== DATASET) return "total steps: known when training starts";
+  const info = src.__ltSummary;
+  if (!info) return "total steps: run Dataset Loader to count images";
+  const epochs = Number(widgetValue(node, "max_train_epochs")) || 1;
+  const batch = Number(widgetValue(node, "train_batch_size")) || 1;
+  const steps = Math.ceil(info.samples / batch) * epochs;
+  let text = `total steps ≈ ${info.samples} samples × ${epochs} epochs / ${batch} batch = ${steps}`;
+  if (info.widgets !== snapshot(src)) text += " (Dataset Loader changed since it ran)";
+  else if (node.inputs?.find((i) => i.name === "options")?.link != null)
+    text += " (Training Options may change it)";
+  return text;
+}
+
+function refreshEstimate(node) {
+  const ui = node.__lt;
+  if (!ui) return;
+  const text = estimateText(node);
+  if (ui.estimate.textContent !== text) ui.estimate.textContent = text;
+}
+
+// ---- loss chart ----------------------------------------------------------------------------
+
+function drawChart(node) {
+  const ui = node.__lt;
+  const canvas = ui?.canvas;
+  if (!canvas) return;
+  const dpr = window.devicePixelRatio || 1;
+  const w = Math.max(1, canvas.clientWidth), h = Math.max(1, canvas.clientHeight);
+  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+    canvas.width = Math.round(w * dpr);
+    canvas.height = Math.round(h * dpr);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.fillStyle = "#1b1b1b";
+  ctx.fillRect(0, 0, w, h);
+  ctx.font = "11px sans-serif";
+  const pts = ui.points;
+  if (!pts.length) {
+    ctx.fillStyle = "#888";
+    ctx.textAlign = "center";
+    ctx.fillText("loss curve appears here while training", w / 2, h / 2);
+    return;
+  }
+  let lo = Infinity, hi = -Infinity;
+  for (const p of pts) {
+    lo = Math.min(lo, p.loss, p.smoothed);
+    hi = Math.max(hi, p.loss, p.smoothed);
+  }
+  if (hi - lo < 1e-12) { hi += 1e-6; lo -= 1e-6; }
+  const pad = { l: 6, r: 6, t: 18, b: 14 };
+  const total = Math.max(ui.total || 0, pts[pts.length - 1].step, 1);
+  const x = (s) => pad.l + (s / total) * (w - pad.l - pad.r);
+  const y = (v) => pad.t + (1 - (v - lo) / (hi - lo)) * (h - pad.t - pad.b);
+  const line = (key, color, width) => {
+    ctx.strokeStyle = color;
+    ctx.lineWidth = width;
+    ctx.beginPath();
+    pts.forEach((p, i) => (i ? ctx.lineTo(x(p.step), y(p[key])) : ctx.moveTo(x(p.step), y(p[key]))));
+    ctx.stroke();
+  };
+  line("loss", "rgba(110,160,255,0.45)", 1);
+  line("smoothed", "#ffb347", 2);
+  const last = pts[pts.length - 1];
+  ctx.fillStyle = "#ccc";
+  ctx.textAlign = "left";
+  ctx.fillText(`max ${hi.toPrecision(4)}`, pad.l, 12);
+  ctx.fillText(`min ${lo.toPrecision(4)}`, pad.l, h - 3);
+  ctx.textAlign = "right";
+  ctx.fillText(`step ${last.step} / ${ui.total || "?"}`, w - pad.r, 12);
+  ctx.fillText(`loss ${last.loss.toFixed(4)}  smoothed ${last.smoothed.toFixed(4)}`, w - pad.r, h - 3);
+}
+
+function addUi(node) {
+  const root = document.createElement("div");
+  root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;";
+  const estimate = document.createElement("div");
+  estimate.style.cssText = "font:12px sans-serif;color:#bbb;white-space:normal;line-height:1.3;";
+  const canvas = document.createElement("canvas");
+  canvas.style.cssText = "flex:1;width:100%;min-height:0;border-radius:4px;";
+  root.append(estimate, canvas);
+  node.__lt = { estimate, canvas, points: [], total: 0 };
+  if (typeof node.addDOMWidget === "function") {
+    const widget = node.addDOMWidget("lt_loss_chart", "lt_loss_chart", root, {
+      serialize: false, hideOnZoom: false, getMinHeight: () => 170, getValue: () => "", setValue: () => {},
+    });
+    widget.serialize = false; // keep it out of widgets_values and the prompt
+  }
+  if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => drawChart(node)).observe(canvas);
+  const size = node.computeSize();
+  node.setSize([Math.max(node.size[0], size[0], 380), Math.max(node.size[1], size[1])]);
+  refreshEstimate(node);
+  drawChart(node);
+}
+
+function onLoss({ detail }) {
+  if (!detail) return;
+  const id = String(detail.node);
+  for (const node of trainNodes) {
+    const own = String(node.id);
+    if (id !== own && !(node.graph !== app.graph && id.endsWith(":" + own))) continue;
+    const ui = node.__lt;
+    if (!ui) continue;
+    if (detail.total !== ui.total) ui.points = []; // a new run
+    while (ui.points.length && ui.points[ui.points.length - 1].step >= detail.step) ui.points.pop(); // rerun, resume
+    ui.total = detail.total;
+    ui.points.push({ step: detail.step, loss: Number(detail.loss), smoothed: Number(detail.smoothed) });
+    if (ui.points.length > MAX_POINTS) ui.points = ui.points.filter((_, i) => i % 2 === 0 || i === ui.points.length - 1);
+    drawChart(node);
+  }
+}
+
+app.registerExtension({
+  name: "lora_trainer.ui",
+  setup() {
+    api.addEventListener(LOSS_EVENT, onLoss);
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name === DATASET) {
+      datasetInputs = Object.keys({ ...nodeData.input?.required, ...nodeData.input?.optional });
+      chain(nodeType.prototype, "onExecuted", function (message) {
+        const first = String(message?.text?.[0] ?? "").split("\n")[0];
+        const m = first.match(/(\d+)\s+images?,\s*(\d+)\s+samples per epoch/);
+        if (m) this.__ltSummary = { images: +m[1], samples: +m[2], widgets: snapshot(this) };
+        trainNodes.forEach(refreshEstimate);
+      });
+    }
+    if (nodeData.name !== TRAIN) return;
+    chain(nodeType.prototype, "onNodeCreated", function () {
+      trainNodes.add(this);
+      addUi(this);
+      for (const name of ["max_train_epochs", "train_batch_size"]) {
+        const w = this.widgets?.find((x) => x.name === name);
+        if (w) chain(w, "callback", () => refreshEstimate(this));
+      }
+    });
+    chain(nodeType.prototype, "onRemoved", function () {
+      trainNodes.delete(this);
+    });
+    chain(nodeType.prototype, "onConnectionsChange", function () {
+      refreshEstimate(this);
+    });
+    // cheap safety net: catches undo, paste and edits of the Dataset Loader's widgets
+    chain(nodeType.prototype, "onDrawForeground", function () {
+      refreshEstimate(this);
+    });
+  },
+});
