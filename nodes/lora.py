@@ -42,11 +42,13 @@ class LoraSave:
             "precision": (["fp16", "bf16", "fp32"], {"default": "fp16", "tooltip": "fp16 is seed 000's advice: half "
                           "the size, no visible loss."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace a file of the same name."}),
+            "format": (["kohya", "diffusers"], {"default": "kohya", "tooltip": "kohya: loads in ComfyUI's LoraLoader, "
+                       "A1111 and kohya tools. diffusers: for diffusers' load_lora_weights / peft."}),
         }}
 
-    def save(self, lora, name, precision, overwrite):
+    def save(self, lora, name, precision, overwrite, format="kohya"):
         from ..trainer.lora.kohya_format import save_lora
 
         folder = comfy_env.model_folders("loras")[0]
-        path = save_lora(lora, free_path(folder, safe_name(name), overwrite), precision)
+        path = save_lora(lora, free_path(folder, safe_name(name), overwrite), precision, layout=format)
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}

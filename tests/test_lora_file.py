@@ -138,3 +138,18 @@ def test_metadata_carries_the_base_model_hash(trained, tiny_models):
     unet_file = tiny_models("sd15") / "unet" / "diffusion_pytorch_model.safetensors"
     assert result.lora.metadata["ss_new_sd_model_hash"] == hashlib.sha256(unet_file.read_bytes()).hexdigest()
     assert len(result.lora.metadata["ss_sd_model_hash"]) == 8
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd15"])
+def test_diffusers_layout_save_gives_the_same_images(trained, tiny_models, tmp_path, family):
+    from trainer.lora.kohya_format import save_lora
+
+    _, result, files = trained[family]
+    path = save_lora(result.lora, tmp_path / "d.safetensors", "fp32", layout="diffusers")
+    with safe_open(str(path), "pt") as f:
+        assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in f.keys())
+    args = dict(prompt="ltdemo", seed=4, steps=3, width=64, height=64, sampler="euler", output_type="latent")
+    a, b = load_model(tiny_models(family)), load_model(tiny_models(family))
+    apply_lora(a, files["lora"])
+    apply_lora(b, path)
+    torch.testing.assert_close(generate(a, **args), generate(b, **args), atol=1e-4, rtol=1e-4)

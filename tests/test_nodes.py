@@ -54,7 +54,7 @@ def graph(**train_widgets):
         "3": {"class_type": "LT_TrainingOptions", "inputs": {"settings": "conv_dim = 4\nconv_alpha = 4\n"}},
         "4": {"class_type": "LT_LoraTrain", "inputs": {"pipeline": ["1", 0], "dataset": ["2", 0],
                                                         "options": ["3", 0], **widgets}},
-        "5": {"class_type": "LT_LoraSave", "inputs": {"lora": ["4", 0], "name": "../stars", "precision": "fp32",
+        "5": {"class_type": "LT_LoraSave", "inputs": {"lora": ["4", 0], "name": "../stars", "precision": "fp32", "format": "kohya",
                                                        "overwrite": False}},
         "6": {"class_type": "LT_SamplerPreview", "inputs": {"pipeline": ["4", 1], **sample}},
     }

@@ -26,6 +26,9 @@ class TrainedLora:
 
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str] = field(default_factory=dict)
+    # the same LoRA in diffusers/peft layout ("unet.<path>.lora_A.weight"), alpha/rank folded into
+    # lora_B so any diffusers loader applies it at the trained strength; None when not known
+    diffusers: dict[str, torch.Tensor] | None = None
 
     @property
     def rank(self) -> int:
@@ -125,11 +128,29 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
     return meta
 
 
-def save_lora(lora: TrainedLora, path, precision: str = "fp16") -> Path:
-    """Write ``lora`` as .safetensors atomically, tensors cast to ``precision`` (alphas too)."""
+def fold_alpha(peft_state: dict, prefix: str, alpha_of) -> dict[str, torch.Tensor]:
+    """peft adapter state -> diffusers layout with ``alpha_of(module path) / rank`` folded into lora_B."""
+    out = {}
+    for key, value in peft_state.items():
+        path, kind = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        value = value.detach().clone()
+        if kind == "lora_B":
+            value = value * (alpha_of(path) / value.shape[1])
+        out[f"{prefix}.{key}"] = value
+    return out
+
+
+def save_lora(lora: TrainedLora, path, precision: str = "fp16", layout: str = "kohya") -> Path:
+    """Write ``lora`` as .safetensors atomically, tensors cast to ``precision`` (alphas too).
+    ``layout`` kohya (ComfyUI, A1111, kohya tools) or diffusers (diffusers/peft loaders)."""
     if precision not in SAVE_DTYPES:
         raise TrainerError(f"save precision '{precision}' is not one of fp16, bf16, fp32.")
+    if layout not in ("kohya", "diffusers"):
+        raise TrainerError(f"LoRA layout '{layout}' is not one of kohya, diffusers.")
+    if layout == "diffusers" and lora.diffusers is None:
+        raise TrainerError("This LoRA was not trained here, so its diffusers layout is unknown: save it as kohya.")
     dtype = SAVE_DTYPES[precision]
-    tensors = {k: v.to(dtype) for k, v in lora.tensors.items()}
+    source = lora.tensors if layout == "kohya" else lora.diffusers
+    tensors = {k: v.to(dtype) for k, v in source.items()}
     metadata = dict(lora.metadata, ss_save_precision=precision)
     return save_safetensors(Path(path), tensors, metadata)

@@ -18,7 +18,8 @@ from ..data.captions import process_caption
 from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
 from ..errors import TrainerError
 from ..families.base import CONV_TARGETS
-from ..lora.kohya_format import TrainedLora, build_metadata, peft_to_kohya, save_lora, text_encoder_to_kohya
+from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_to_kohya, save_lora,
+                                 text_encoder_to_kohya)
 from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_module_names, lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
@@ -107,10 +108,15 @@ def extract_lora(model, config: TrainConfig, dataset, step: int, epoch: int, sta
     convs = conv_module_names(unet, CONV_TARGETS) if config.conv_dim else []
     tensors = peft_to_kohya(lora_state_dict(unet, ADAPTER), config.network_alpha,
                             conv_modules=convs, conv_alpha=config.conv_alpha)
+    conv_set = set(convs)
+    diffusers = fold_alpha(lora_state_dict(unet, ADAPTER), "unet",
+                           lambda path: config.conv_alpha if path in conv_set else config.network_alpha)
     for name in trained_text_encoders(model, config):
-        tensors.update(text_encoder_to_kohya(lora_state_dict(getattr(model.pipe, name), ADAPTER), name,
-                                             family.name, config.network_alpha))
-    return TrainedLora(tensors, build_metadata(config, family, dataset, step, epoch, started, buckets))
+        state = lora_state_dict(getattr(model.pipe, name), ADAPTER)
+        tensors.update(text_encoder_to_kohya(state, name, family.name, config.network_alpha))
+        diffusers.update(fold_alpha(state, name, lambda path: config.network_alpha))
+    meta = build_metadata(config, family, dataset, step, epoch, started, buckets)
+    return TrainedLora(tensors, meta, diffusers)
 
 
 def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
