@@ -7,6 +7,7 @@ nodes run unchanged in both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -111,6 +112,27 @@ def interrupted() -> bool:
 def raise_if_interrupted() -> None:
     if IN_COMFY:
         model_management.throw_exception_if_processing_interrupted()
+
+
+def device():
+    import torch
+
+    if IN_COMFY:
+        return model_management.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def on_device(pipeline):
+    """The pipeline on the compute device inside the block; back to the CPU after it when the
+    loader's offload option asks for that."""
+    pipeline.to(device())
+    try:
+        yield pipeline
+    finally:
+        if getattr(pipeline, "offload", False):
+            pipeline.to("cpu")
+            release_memory()
 
 
 def free_comfy_models() -> None:

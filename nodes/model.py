@@ -56,16 +56,26 @@ class KolorsSDXLLoader:
         }, "optional": {
             "vae": (["none"] + comfy_env.list_files("vae"), {"default": "none", "tooltip": "A separate VAE, e.g. "
                     "sdxl-vae-fp16-fix (seed 001 uses it for Kolors). 'none' keeps the model's own."}),
+            "chatglm_precision": (["same as dtype", "8-bit", "4-bit"], {"default": "same as dtype", "tooltip":
+                                  "Kolors only: ChatGLM3-6B is 12 GB in fp16; 8-bit (~6.5 GB) or 4-bit (~4 GB) need "
+                                  "an NVIDIA GPU (bitsandbytes). Or cache text outputs and release it."}),
+            "offload": (["keep loaded", "cpu between nodes"], {"default": "keep loaded", "tooltip":
+                        "cpu between nodes: the pipeline waits in RAM and moves to the GPU only while a node of "
+                        "this pack uses it, leaving VRAM to other nodes."}),
         }}
 
-    def load(self, model, family, dtype, vae="none"):
+    def load(self, model, family, dtype, vae="none", chatglm_precision="same as dtype", offload="keep loaded"):
         from ..trainer.models.loader import load_model
 
         vae_path = comfy_env.full_path("vae", vae) if vae and vae != "none" else None
         # ComfyUI runs nodes under inference_mode: weights made there could never be trained.
         with torch.inference_mode(False):
+            bits = {"8-bit": 8, "4-bit": 4}.get(chatglm_precision, 0)
             loaded = load_model(resolve_model(model), family, dtype, vae_path=vae_path,
-                                tokenizer_dir=comfy_tokenizer_dir())
+                                tokenizer_dir=comfy_tokenizer_dir(), text_encoder_bits=bits)
+        loaded.offload = offload == "cpu between nodes"
+        if loaded.offload:
+            loaded.to("cpu")
         return (loaded,)
 
 

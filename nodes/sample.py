@@ -34,5 +34,8 @@ class SamplerPreview:
     def sample(self, pipeline, prompt, negative, seed, steps, cfg, width, height, sampler, lora_strength):
         from ..trainer.sample import generate
 
-        image = generate(pipeline, prompt, negative, seed, steps, cfg, width, height, sampler, lora_strength)
+        from . import comfy_env
+
+        with comfy_env.on_device(pipeline):
+            image = generate(pipeline, prompt, negative, seed, steps, cfg, width, height, sampler, lora_strength)
         return {"ui": {"images": preview(image)}, "result": (to_image_tensor(image),)}

@@ -143,7 +143,8 @@ class LoraTrain:
 
         callbacks = Callbacks(on_start=on_start, on_step=on_step, on_loss=on_loss, on_samples=on_samples,
                               should_stop=comfy_env.interrupted, log=print)
-        result = train(config, model=pipeline, dataset=dataset, callbacks=callbacks)
+        with comfy_env.on_device(pipeline):
+            result = train(config, model=pipeline, dataset=dataset, callbacks=callbacks)
         comfy_env.release_memory()
         comfy_env.raise_if_interrupted()  # Cancel: state is saved, queueing again resumes
         chart = loss_chart(result.losses)

@@ -175,3 +175,16 @@ def test_dataset_loader_takes_image_inputs_with_caption_lines(pack, comfy_dirs):
     dataset = out["result"][0]
     assert [item.caption for item in dataset.items] == ["first one", "ltthing", "third"]
     assert dataset.num_train_samples == 6 and all(item.size == (48, 64) for item in dataset.items)
+
+
+def test_loader_offload_and_quantised_chatglm_message(pack, comfy_dirs):
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["LT_KolorsSDXLLoader"]()
+    pipe = loader.load("diffusers/TinyKolors", "auto", "fp32", offload="cpu between nodes")[0]
+    assert pipe.offload and pipe.unet.device.type == "cpu"
+    sampler = pack.nodes.NODE_CLASS_MAPPINGS["LT_SamplerPreview"]()
+    with torch.inference_mode():
+        out = sampler.sample(pipe, "x", "", 1, 2, 3.0, 64, 64, "euler", 1.0)
+    assert out["result"][0].shape == (1, 64, 64, 3) and pipe.unet.device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(pack.trainer.errors.TrainerError, match="8-bit text encoder loading needs an NVIDIA GPU"):
+            loader.load("diffusers/TinyKolors", "auto", "fp16", chatglm_precision="8-bit")

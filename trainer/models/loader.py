@@ -25,6 +25,7 @@ class LoadedModel:
     pipe: object  # a diffusers pipeline (StableDiffusion / StableDiffusionXL / Kolors)
     source: str
     dtype: torch.dtype
+    offload: bool = False  # move to the CPU between uses (the nodes honour it)
 
     @property
     def unet(self):
@@ -63,13 +64,17 @@ def sampling_scheduler(family: Family, folder: Path | None):
 
 
 def load_model(path, family: str = "auto", dtype="fp32", vae_path=None, tokenizer_dir=None,
-               config_dir=None) -> LoadedModel:
+               config_dir=None, text_encoder_bits: int = 0) -> LoadedModel:
     """Load a diffusers folder or a single-file .safetensors checkpoint.
 
     ``vae_path`` swaps in a separate VAE (a diffusers VAE folder or a .safetensors file, e.g.
     sdxl-vae-fp16-fix); ``tokenizer_dir`` and ``config_dir`` supply what a single-file
-    checkpoint does not carry.
+    checkpoint does not carry. ``text_encoder_bits`` 8 or 4 loads Kolors' ChatGLM3 (12 GB in
+    fp16) quantised by bitsandbytes, which needs a CUDA GPU.
     """
+    if text_encoder_bits and not torch.cuda.is_available():
+        raise TrainerError(f"{text_encoder_bits}-bit text encoder loading needs an NVIDIA GPU (bitsandbytes on "
+                           "CUDA); on this machine choose full precision.")
     path = Path(path)
     dtype = to_dtype(dtype)
     if not path.exists():
@@ -80,7 +85,9 @@ def load_model(path, family: str = "auto", dtype="fp32", vae_path=None, tokenize
         model = load_single_file(path, family, dtype, tokenizer_dir=tokenizer_dir, config_dir=config_dir)
     else:
         fam = get_family(detect_folder_family(path) if family == "auto" else family)
-        parts = fam.load_text_parts(path, dtype, tokenizer_dir)
+        if text_encoder_bits and fam.name != "kolors":
+            raise TrainerError("8-/4-bit text encoders are offered for Kolors' ChatGLM3 only.")
+        parts = fam.load_text_parts(path, dtype, tokenizer_dir, **({"bits": text_encoder_bits} if text_encoder_bits else {}))
         parts["unet"] = load_diffusers_model(path, "unet", "UNet2DConditionModel", dtype, "UNet")
         parts["vae"] = load_diffusers_model(path, "vae", "AutoencoderKL", torch.float32, "VAE")
         pipe = fam.build_pipeline(parts, sampling_scheduler(fam, path))

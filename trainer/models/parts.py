@@ -48,10 +48,11 @@ def _dtype_kwarg() -> str:
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
 
-def load_transformers_model(folder, subfolder: str, cls, dtype, what: str):
+def load_transformers_model(folder, subfolder: str, cls, dtype, what: str, **extra):
     path = Path(folder) / subfolder
     _require_config(path, what)
-    return cls.from_pretrained(str(path), local_files_only=True, variant=_variant(path), **{_dtype_kwarg(): dtype})
+    return cls.from_pretrained(str(path), local_files_only=True, variant=_variant(path), **{_dtype_kwarg(): dtype},
+                               **extra)
 
 
 def load_clip_tokenizer(folder, subfolder: str, tokenizer_dir=None):
