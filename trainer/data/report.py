@@ -153,7 +153,7 @@ def _phash(img: Image.Image) -> int:
     try:
         import imagehash
     except ImportError:
-        raise TrainerError("The dataset report needs imagehash: pip install -r requirements-prep.txt") from None
+        raise TrainerError("The dataset report needs imagehash: pip install imagehash (in requirements.txt)") from None
 
     return int(str(imagehash.phash(img)), 16)
 
