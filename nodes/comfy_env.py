@@ -67,6 +67,15 @@ def full_path(kind: str, name: str) -> Path | None:
     return None
 
 
+def custom_nodes_dirs() -> list[Path]:
+    if IN_COMFY:
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths("custom_nodes")]
+        except KeyError:
+            return []
+    return [models_root().parent / "custom_nodes"]
+
+
 def output_dir() -> Path:
     if IN_COMFY:
         return Path(folder_paths.get_output_directory())

@@ -16,7 +16,19 @@ DTYPES = ["fp16", "bf16", "fp32"]
 def model_choices() -> list[str]:
     folders = [f"diffusers/{name}" for name in comfy_env.list_model_dirs("diffusers")]
     files = [f"checkpoints/{name}" for name in comfy_env.list_files("checkpoints")]
-    return folders + files or ["(put a model in models/diffusers or models/checkpoints)"]
+    unets = [f"unet/{name}" for name in comfy_env.list_files("unet")]  # Kolors-MZ: UNet file + chatglm3 + VAE
+    return folders + files + unets or ["(put a model in models/diffusers or models/checkpoints)"]
+
+
+def find_chatglm_tokenizer(llm_file: Path) -> Path | None:
+    """tokenizer.model beside the chatglm3 file, in a Kolors folder's text_encoder/, or in an
+    installed Kolors-MZ pack's configs/tokenizer/."""
+    places = [llm_file.parent, llm_file.parent / "tokenizer"]
+    for folder in comfy_env.model_folders("diffusers"):
+        places += [p / "text_encoder" for p in folder.glob("*")] + [p / "tokenizer" for p in folder.glob("*")]
+    for root in comfy_env.custom_nodes_dirs():
+        places += [p / "configs" / "tokenizer" for p in root.glob("*Kolors*")]
+    return next((p / "tokenizer.model" for p in places if (p / "tokenizer.model").is_file()), None)
 
 
 def comfy_tokenizer_dir() -> str | None:
@@ -36,6 +48,17 @@ def resolve_model(choice: str) -> Path:
         raise TrainerError(f"Model '{choice}' not found: put a diffusers folder in models/diffusers/ or a "
                            ".safetensors checkpoint in models/checkpoints/, then refresh (press R).")
     return path
+
+
+def load_kolors_mz(unet_file: Path, chatglm3: str, vae_path, dtype):
+    from ..trainer.models.kolors_files import load_kolors_files
+    from ..trainer.models.loader import to_dtype
+
+    llm = comfy_env.full_path("LLM", chatglm3) if chatglm3 and chatglm3 != "none" else None
+    if llm is None:
+        raise TrainerError("A UNet file from models/unet is Kolors in Kolors-MZ's layout: also choose its "
+                           "chatglm3 file (models/LLM) and a VAE (models/vae).")
+    return load_kolors_files(unet_file, llm, vae_path, find_chatglm_tokenizer(llm), to_dtype(dtype))
 
 
 class KolorsSDXLLoader:
@@ -59,20 +82,27 @@ class KolorsSDXLLoader:
             "chatglm_precision": (["same as dtype", "8-bit", "4-bit"], {"default": "same as dtype", "tooltip":
                                   "Kolors only: ChatGLM3-6B is 12 GB in fp16; 8-bit (~6.5 GB) or 4-bit (~4 GB) need "
                                   "an NVIDIA GPU (bitsandbytes). Or cache text outputs and release it."}),
+            "chatglm3": (["none"] + comfy_env.list_files("LLM"), {"default": "none", "tooltip": "With a UNet file "
+                         "from models/unet (Kolors-MZ layout): the ChatGLM3 file in models/LLM (e.g. "
+                         "chatglm3-fp16.safetensors); its tokenizer.model is looked for beside it."}),
             "offload": (["keep loaded", "cpu between nodes"], {"default": "keep loaded", "tooltip":
                         "cpu between nodes: the pipeline waits in RAM and moves to the GPU only while a node of "
                         "this pack uses it, leaving VRAM to other nodes."}),
         }}
 
-    def load(self, model, family, dtype, vae="none", chatglm_precision="same as dtype", offload="keep loaded"):
+    def load(self, model, family, dtype, vae="none", chatglm_precision="same as dtype", offload="keep loaded",
+             chatglm3="none"):
         from ..trainer.models.loader import load_model
 
         vae_path = comfy_env.full_path("vae", vae) if vae and vae != "none" else None
         # ComfyUI runs nodes under inference_mode: weights made there could never be trained.
         with torch.inference_mode(False):
             bits = {"8-bit": 8, "4-bit": 4}.get(chatglm_precision, 0)
-            loaded = load_model(resolve_model(model), family, dtype, vae_path=vae_path,
-                                tokenizer_dir=comfy_tokenizer_dir(), text_encoder_bits=bits)
+            if model.startswith("unet/"):
+                loaded = load_kolors_mz(resolve_model(model), chatglm3, vae_path, dtype)
+            else:
+                loaded = load_model(resolve_model(model), family, dtype, vae_path=vae_path,
+                                    tokenizer_dir=comfy_tokenizer_dir(), text_encoder_bits=bits)
         loaded.offload = offload == "cpu between nodes"
         if loaded.offload:
             loaded.to("cpu")
