@@ -37,7 +37,8 @@ def comfy_tokenizer_dir() -> str | None:
         return None
     import comfy
 
-    folder = Path(comfy.__file__).parent / "sd1_tokenizer"
+    # comfy is a namespace package (no __init__.py): its folder is in __path__, not __file__
+    folder = Path(list(comfy.__path__)[0]) / "sd1_tokenizer"
     return str(folder) if folder.is_dir() else None
 
 
