@@ -1,0 +1,47 @@
+"""ComfyUI's UI workflow format -> API format, by the nodes' own INPUT_TYPES (widget order), as
+the frontend does when it queues a graph."""
+
+CORE_OUTPUT_NODES = {"PreviewImage": ["filename_prefix"], "SaveImage": ["filename_prefix"]}
+NOTE_NODES = {"Note", "MarkdownNote"}
+
+
+def is_widget(spec) -> bool:
+    return isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+
+
+def widget_names(cls) -> list[str]:
+    """Widget names in the order of widgets_values, including the frontend's seed control value."""
+    types = cls.INPUT_TYPES()
+    names = []
+    for name, spec in {**types.get("required", {}), **types.get("optional", {})}.items():
+        if is_widget(spec):
+            names.append(name)
+            if name == "seed" and spec[0] == "INT" and spec[1].get("control_after_generate", True) is not False:
+                names.append("<control_after_generate>")
+    return names
+
+
+def ui_to_api(workflow: dict, mappings: dict) -> dict:
+    links = {link[0]: link for link in workflow["links"]}
+    api = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in NOTE_NODES:
+            continue
+        inputs = {}
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                link = links[entry["link"]]
+                assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                inputs[entry["name"]] = [str(link[1]), link[2]]
+        if kind in mappings:
+            names = widget_names(mappings[kind])
+        else:
+            names = CORE_OUTPUT_NODES[kind][: len(node.get("widgets_values", []))]
+        values = node.get("widgets_values", [])
+        assert len(values) == len(names), f"{kind}: {len(values)} widget values for widgets {names}"
+        for name, value in zip(names, values):
+            if not name.startswith("<"):
+                inputs[name] = value
+        api[str(node["id"])] = {"class_type": kind, "inputs": inputs}
+    return api
