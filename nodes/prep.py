@@ -169,7 +169,8 @@ class CaptionEditor:
         }}
 
     def edit(self, dataset, edits, only_image, write_files):
-        from ..trainer.data.caption_edit import apply_edits, parse_edits, write_captions
+        from ..trainer.data.caption_edit import apply_edits, parse_edits
+        from ..trainer.data.caption_files import write_captions
 
         edited = apply_edits(dataset, parse_edits(edits), only=only_image.strip() or None)
         new = {e.image: e.new for e in edited}
@@ -198,7 +199,8 @@ class DatasetReport:
         }}
 
     def report(self, dataset, resolution, epochs, batch_size):
-        from ..trainer.data.report import dataset_report, report_image, report_text
+        from ..trainer.data.report import dataset_report
+        from ..trainer.data.report_render import report_image, report_text
         from .images import preview, to_image_tensor
 
         rep = dataset_report(dataset, resolution, epochs, batch_size)

@@ -5,9 +5,9 @@ import os
 import pytest
 
 from conftest import paint
-from trainer.data.caption_edit import (BACKUP_FOLDER, EditedCaption, add_tags, apply_edits, dedupe, parse_edits,
-                                       read_captions, remove_tags, replace_tag, sort_tags, trigger_first,
-                                       write_captions)
+from trainer.data.caption_edit import (EditedCaption, add_tags, apply_edits, dedupe, parse_edits, remove_tags,
+                                       replace_tag, sort_tags, trigger_first)
+from trainer.data.caption_files import BACKUP_FOLDER, read_captions, write_captions
 from trainer.data.dataset import load_dataset
 from trainer.errors import TrainerError
 

@@ -7,7 +7,8 @@ from PIL import Image
 
 import trainer.data.report as report_mod
 from trainer.data.dataset import add_regularization, load_dataset
-from trainer.data.report import dataset_report, near_duplicates, report_image, report_text
+from trainer.data.report import dataset_report, near_duplicates
+from trainer.data.report_render import report_image, report_text
 
 
 def _pattern(path, size, seed, brightness=0):
