@@ -25,8 +25,10 @@ def _parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_train(args) -> int:
+    """One process, or one of several under torchrun / accelerate launch (rank 0 writes)."""
     from .config import TrainConfig
     from .progress import quiet_libraries, tqdm_callbacks
+    from .train import distributed
     from .train.loop import save_outputs, train
 
     quiet_libraries()
@@ -35,11 +37,15 @@ def cmd_train(args) -> int:
         values.update(TrainConfig.from_toml(args.config).to_dict())
     values.update(_parse_overrides(args.set))
     config = TrainConfig.from_dict(values, source=args.config or "command line")
+    dist = distributed.from_environment()
     callbacks, close = tqdm_callbacks()
     try:
-        result = train(config, callbacks=callbacks)
+        result = train(config, callbacks=callbacks, dist=dist)
     finally:
         close()
+        distributed.shutdown(dist)
+    if not dist.is_main:
+        return 0
     files = save_outputs(result, config)
     if config.sample_prompts:
         from .sample_prompts import write_samples

@@ -7,6 +7,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -23,14 +24,16 @@ from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_t
 from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_module_names, lora_state_dict
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
+from .distributed import Distributed
 from .devices import encoders_on, offload_cached_encoders, release_text_encoders, restore_encoders
 from .evaluate import dataset_loss
 from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
 from .sources import LatentSource, TextSource
-from .state import Progress, load_state, save_state, state_dir
-from .step import batch_time_ids, diffusion_loss, draw_noise
+from .state import Progress, batches_done, load_state, save_state, state_dir
+from .micro_batch import draw_micro_batch
+from .step import diffusion_loss
 from .validation import overfitting_warning
 
 NAN_HELP = ("Loss became {value} at step {step}. Likely causes: learning rate too high (try half), "
@@ -73,12 +76,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def total_steps(config: TrainConfig, dataset: Dataset, buckets: dict | None = None) -> int:
-    """images x repeats / batch per epoch (rounded up, per bucket when bucketing), times epochs,
-    unless max_train_steps."""
+def total_steps(config: TrainConfig, dataset: Dataset, buckets: dict | None = None, world: int = 1) -> int:
+    """images x repeats / (batch x processes) per epoch (rounded up, per bucket when bucketing),
+    times epochs, unless max_train_steps."""
     if config.max_train_steps:
         return int(config.max_train_steps)
-    batches = steps_per_epoch(dataset, buckets, config.train_batch_size)
+    batches = steps_per_epoch(dataset, buckets, config.train_batch_size * world)
     return math.ceil(batches / config.gradient_accumulation_steps) * config.max_train_epochs
 
 
@@ -120,18 +123,22 @@ def extract_lora(model, config: TrainConfig, dataset, step: int, epoch: int, sta
 
 
 def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Dataset | None = None,
-          callbacks: Callbacks | None = None, device: torch.device | None = None) -> TrainResult:
+          callbacks: Callbacks | None = None, device: torch.device | None = None,
+          dist: Distributed | None = None) -> TrainResult:
     """Train a LoRA as ``config`` says. Safe to call under torch.inference_mode() (ComfyUI runs
-    nodes that way): everything the run creates is made outside it, as trainable tensors."""
+    nodes that way): everything the run creates is made outside it, as trainable tensors.
+
+    ``dist``: this process's place in a multi-process run (distributed.from_environment()); only
+    rank 0 calls the callbacks and writes files."""
     with torch.inference_mode(False):
-        return _train(config, model, dataset, callbacks, device)
+        return _train(config, model, dataset, callbacks, device, dist or Distributed())
 
 
 def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | None,
-           callbacks: Callbacks | None, device: torch.device | None) -> TrainResult:
+           callbacks: Callbacks | None, device: torch.device | None, dist: Distributed) -> TrainResult:
     config.validate()
-    cb = callbacks or Callbacks()
-    device = device or default_device()
+    cb = (callbacks or Callbacks()) if dist.is_main else Callbacks(log=lambda line: None)
+    device = device or (dist.device() if dist.enabled else default_device())
     weight_dtype, autocast = resolve_precision(config.mixed_precision, device)
     width, height = config.size()
     if dataset is None:
@@ -162,8 +169,9 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         cb.log("note: Kolors' ChatGLM text encoder stays frozen; text_encoder_lr is ignored")
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
                            cache_dir if config.cache_text_encoder_outputs_to_disk else None, bool(te_names))
-    latents_from.prepare(cb.log)
-    text_from.prepare([item.caption for item in dataset.items], device, cb.log)
+    latents_from.prepare(cb.log, dist.rank, dist.world)
+    text_from.prepare([item.caption for item in dataset.items], device, cb.log, dist.rank, dist.world)
+    dist.barrier()  # every rank's share of a disk cache is written
     offload_cached_encoders(model, config, device)
     if config.release_text_encoder:
         release_text_encoders(model)
@@ -191,7 +199,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
             param.data = param.data.to(torch.bfloat16)
     lr = config.unet_lr or config.learning_rate
     optimizer = build_optimizer(config.optimizer_type, groups, lr, config.optimizer_args, device, cb.log)
-    steps = total_steps(config, dataset, buckets)
+    global_batch = config.train_batch_size * dist.world
+    steps = total_steps(config, dataset, buckets, dist.world)
     accumulation = config.gradient_accumulation_steps
     lr_schedule = build_lr_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, steps,
                                      config.lr_scheduler_num_cycles, config.lr_scheduler_power, cb.log)
@@ -200,8 +209,9 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     reg = (f" + {dataset.num_train_samples} regularization samples ({dataset.num_reg_images} images)"
            if dataset.num_reg_images else "")
+    procs = f" x {dist.world} processes" if dist.enabled else ""
     cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_train_samples}{reg} per epoch, "
-           f"batch {config.train_batch_size} -> {steps} steps")
+           f"batch {config.train_batch_size}{procs} -> {steps} steps")
     if cb.on_start:
         cb.on_start(steps, dataset)
 
@@ -211,13 +221,15 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         progress = load_state(config.resume, trainable, optimizer, lr_schedule, scaler, gen, caption_rng)
         result.losses = list(progress.losses)
         cb.log(f"resumed from {config.resume} at step {progress.step} (epoch {progress.epoch + 1})")
+    dist.broadcast_(params)  # identical LoRA on every rank (same seed already makes it so)
     started, step, epoch, stopped = time.time(), progress.step, progress.epoch, False
     step_times: list[float] = []
     smoothed = 0.0
 
-    def checkpoint(position: int) -> None:
-        save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen, caption_rng,
-                   Progress(step, epoch, position, result.losses), config)
+    def checkpoint(position: int, samples: int) -> None:
+        if dist.is_main:
+            save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen, caption_rng,
+                       Progress(step, epoch, position, result.losses, samples, global_batch), config)
 
     def snapshot() -> TrainedLora:
         return extract_lora(model, config, dataset, step, epoch, started, buckets)
@@ -225,6 +237,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     def sample(tag: str) -> None:
         from ..sample_prompts import write_samples
 
+        if not dist.is_main:
+            return
         unet.eval()
         with encoders_on(model, device):
             files = write_samples(model, config, Path(config.output_dir) / "samples", tag)
@@ -234,6 +248,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
             cb.on_samples(step, files)
 
     def validate(epoch_done: int) -> None:
+        if not dist.is_main:
+            return
         unet.eval()
         loss = dataset_loss(model, validation_set, width, height, seed=config.seed,
                             mixed_precision=config.mixed_precision, clip_skip=diffusers_clip_skip(config.clip_skip))
@@ -247,30 +263,37 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
 
     if wants_samples(config, step, None) and step == 0:
         sample("_e000000")
+    run = SimpleNamespace(config=config, dataset=dataset, family=family, scheduler=scheduler, device=device,
+                          latents_from=latents_from, text_from=text_from, width=width, height=height,
+                          caption_for=lambda i, rng: caption_for_step(config, dataset.items[i].caption, rng))
     with torch.inference_mode(False), torch.enable_grad():
         while step < steps and not stopped:
-            batches = run_batches(dataset, buckets, config.train_batch_size, config.seed, epoch)
-            micro_losses: list[float] = []
+            batches = run_batches(dataset, buckets, global_batch, config.seed, epoch)
+            skip = batches_done(batches, progress, global_batch) if epoch == progress.epoch else 0
+            if skip and progress.global_batch not in (None, global_batch):
+                cb.log(f"note: the state was saved with {progress.global_batch} images per step, this run takes "
+                       f"{global_batch}: resuming after {sum(map(len, batches[:skip]))} of the epoch's samples")
+            micro, loss_sum, samples = 0, 0.0, sum(map(len, batches[:skip]))
             for position, indices in enumerate(batches, 1):
-                if epoch == progress.epoch and position <= progress.position:
+                if position <= skip:
                     continue  # done before the resume
-                if not micro_losses:
+                if not micro:
                     t0 = time.perf_counter()
-                batch = latents_from.batch(indices, gen, device)
-                captions = [caption_for_step(config, dataset.items[i].caption, caption_rng) for i in indices]
-                cond = text_from.batch(captions, device)
-                time_ids = batch_time_ids(family, batch, width, height)
-                noise, timesteps = draw_noise(batch.latents, gen, scheduler, config)
-                weights = torch.tensor([config.prior_loss_weight if dataset.items[i].is_reg else 1.0
-                                        for i in indices])
-                loss = diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast,
-                                      config, weights)
-                if not torch.isfinite(loss):
-                    raise TrainerError(NAN_HELP.format(value=loss.item(), step=step + 1))
-                scaler.scale(loss / accumulation).backward()
-                micro_losses.append(float(loss.detach()))
-                if len(micro_losses) < accumulation and position < len(batches):
+                mb = draw_micro_batch(indices, dist.my_slice(len(indices)), run, gen, caption_rng)
+                if mb.indices:
+                    loss = diffusion_loss(model, scheduler, mb.latents, mb.cond, mb.time_ids, mb.noise,
+                                          mb.timesteps, autocast, config, mb.weights)
+                    # each rank's share of the global mean: summed over ranks, the gradient is the
+                    # gradient of one process running the whole global batch
+                    scaler.scale(loss * (mb.share / accumulation)).backward()
+                    loss_sum += float(loss.detach()) * mb.share
+                micro += 1
+                samples += len(indices)
+                if micro < accumulation and position < len(batches):
                     continue  # gradient accumulation: more micro-batches before this step
+                (loss_sum,) = dist.sum_gradients_(params, [loss_sum])
+                if not math.isfinite(loss_sum):
+                    raise TrainerError(NAN_HELP.format(value=loss_sum, step=step + 1))
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -280,8 +303,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
                 lr_schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                result.losses.append(sum(micro_losses) / len(micro_losses))
-                micro_losses = []
+                result.losses.append(loss_sum / micro)
+                micro, loss_sum = 0, 0.0
                 step_times.append(time.perf_counter() - t0)
                 if len(step_times) == 3:
                     per = float(np.median(step_times))
@@ -294,9 +317,9 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
                     cb.on_loss(step, result.losses[-1], smoothed)
                 if wants_samples(config, step, None):
                     sample(f"_s{step:06d}")
-                stopped = step < steps and bool(cb.should_stop and cb.should_stop())
+                stopped = step < steps and dist.any(bool(cb.should_stop and cb.should_stop()))
                 if stopped:
-                    checkpoint(position)
+                    checkpoint(position, samples)
                     cb.log(f"stopped at step {step}; resume with resume = \"{state_dir(config)}\"")
                 if stopped or step >= steps:
                     break
@@ -304,14 +327,15 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
                 break
             epoch += 1
             if position == len(batches) and not stopped:  # a whole epoch done
-                if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and step < steps:
+                if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and step < steps \
+                        and dist.is_main:
                     result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log)
                 if wants_samples(config, step, epoch):
                     sample(f"_e{epoch:06d}")
                 if validation_set is not None:
                     validate(epoch)
                 if config.save_state:
-                    checkpoint(0)
+                    checkpoint(0, 0)
     unet.eval()
     for name in te_names:
         getattr(model.pipe, name).eval()

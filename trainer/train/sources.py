@@ -105,43 +105,57 @@ class LatentSource:
         self.memory[index] = entry
         return entry
 
-    def prepare(self, log=print) -> None:
-        """Fill the cache before training (no-op without caching)."""
+    def prepare(self, log=print, rank: int = 0, world: int = 1) -> None:
+        """Fill the cache before training (no-op without caching). With several processes and a
+        disk cache each encodes its share; the others' files are read once they exist (the caller
+        waits for every rank between prepare and training)."""
         if not self.cache:
             return
-        for index in range(len(self.dataset.items)):
+        count = len(self.dataset.items)
+        for index in range(rank, count, world) if self.cache_dir else range(count):
             self._cached(index)
-        log(f"latents cached for {len(self.dataset.items)} images ({self.vae_calls} VAE calls)")
+        log(f"latents cached for {count} images ({self.vae_calls} VAE calls)")
 
-    def batch(self, indices: list[int], generator: torch.Generator | None, device) -> LatentBatch:
-        """Scaled latents drawn from each image's distribution (its mean when ``generator`` is None)."""
+    def batch(self, indices: list[int], generator: torch.Generator | None, device, eps: torch.Tensor | None = None,
+              rngs: list | None = None) -> LatentBatch:
+        """Scaled latents drawn from each image's distribution: with ``eps`` (standard normal draws
+        shaped like the latents) given, else drawn from ``generator``, else each distribution's mean.
+        ``rngs``: one random.Random per index for augmentation (default: the source's own rng)."""
         if self.cache:
             entries = [self._cached(i) for i in indices]
             mean = torch.stack([e[0] for e in entries])
             std = torch.stack([e[1] for e in entries])
             sizes, crops = [e[2] for e in entries], [e[3] for e in entries]
         else:
-            fitted = [self._fit(i) for i in indices]
+            fitted = [self._fit(i, rng) for i, rng in zip(indices, rngs or [self.rng] * len(indices))]
             mean, std = self._encode(torch.stack([f.pixels for f in fitted]))
             sizes, crops = [f.original_size for f in fitted], [f.crop_top_left for f in fitted]
-        noise = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
+        if eps is None:
+            eps = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
         target = self._target(indices[0])
-        return LatentBatch(_scale(self.model.vae, mean, std, noise).to(device), sizes, crops, target)
+        return LatentBatch(_scale(self.model.vae, mean, std, eps).to(device), sizes, crops, target)
+
+    def latent_shape(self, index: int) -> tuple[int, int, int]:
+        """(channels, height, width) of item ``index``'s latent, known before encoding it."""
+        config = self.model.vae.config
+        factor = 2 ** (len(config.block_out_channels) - 1)
+        height, width = self._target(index)
+        return config.latent_channels, height // factor, width // factor
 
     def _target(self, index: int) -> tuple[int, int]:
         width, height = self.buckets[index].bucket if self.buckets else self.size
         return height, width
 
-    def _fit(self, index: int):
+    def _fit(self, index: int, rng=None):
         """The image fitted to its bucket (or the training size), augmented when asked."""
-        path = self.dataset.items[index].path
+        path, rng = self.dataset.items[index].path, rng or self.rng
         if self.buckets:
             img = open_rgb(path)
             original, choice = (img.height, img.width), self.buckets[index]
-            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), self.augment, self.rng)),
+            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), self.augment, rng)),
                                original, choice.crop_top_left)
         if self.augment.active:
-            fitted = load_augmented(path, *self.size, self.augment, self.rng)
+            fitted = load_augmented(path, *self.size, self.augment, rng)
         else:
             fitted = load_fitted(path, *self.size)
         item = self.dataset.items[index]
@@ -187,12 +201,14 @@ class TextSource:
         self.memory[caption] = cond
         return cond
 
-    def prepare(self, captions: list[str], device, log=print) -> None:
+    def prepare(self, captions: list[str], device, log=print, rank: int = 0, world: int = 1) -> None:
+        """As LatentSource.prepare: every distinct caption, or this rank's share with a disk cache."""
         if not self.cache:
             return
-        for caption in dict.fromkeys(captions):
+        distinct = list(dict.fromkeys(captions))
+        for caption in distinct[rank::world] if self.cache_dir else distinct:
             self._cached(caption, device)
-        log(f"text encoder outputs cached for {len(self.memory)} captions ({self.encoder_calls} encoder calls)")
+        log(f"text encoder outputs cached for {len(distinct)} captions ({self.encoder_calls} encoder calls)")
 
     def batch(self, captions: list[str], device) -> Conditioning:
         if not self.cache:

@@ -31,6 +31,23 @@ class Progress:
     epoch: int = 0
     position: int = 0  # batches already done in ``epoch``
     losses: list | None = None
+    samples: int = 0  # items already done in ``epoch`` (all processes together)
+    global_batch: int | None = None  # items per batch, all processes together, when saved
+
+
+def batches_done(batches: list[list[int]], progress: Progress, global_batch: int) -> int:
+    """How many of this epoch's batches the saved run had done. With the same global batch (batch
+    x processes) that is the saved position, exactly; with another one, the batches whose items
+    the saved run had covered (another process count regroups the epoch, so this is approximate)."""
+    if progress.global_batch in (None, global_batch):
+        return progress.position
+    done, covered = 0, 0
+    for batch in batches:
+        if covered + len(batch) > progress.samples:
+            break
+        covered += len(batch)
+        done += 1
+    return done
 
 
 def state_dir(config) -> Path:
@@ -50,6 +67,7 @@ def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, gener
                     "caption_rng": caption_rng.getstate()}, tmp / "optimizer.pt")
         (tmp / "progress.json").write_text(json.dumps({
             "step": progress.step, "epoch": progress.epoch, "position": progress.position,
+            "samples": progress.samples, "global_batch": progress.global_batch,
             "losses": progress.losses or [], "config": config.to_dict()}, indent=1), encoding="utf-8")
         old = folder.with_name(folder.name + ".old")
         if folder.exists():
@@ -89,4 +107,5 @@ def load_state(folder, params: dict, optimizer, lr_schedule, scaler, generator: 
     version, internal, gauss = saved["caption_rng"]
     caption_rng.setstate((version, tuple(internal), gauss))
     info = json.loads(needed[2].read_text(encoding="utf-8"))
-    return Progress(info["step"], info["epoch"], info["position"], info["losses"])
+    return Progress(info["step"], info["epoch"], info["position"], info["losses"], info.get("samples", 0),
+                    info.get("global_batch"))
