@@ -25,6 +25,7 @@ class TrainConfig:
     tokenizer_dir: str = ""  # for single-file checkpoints, which carry no tokenizer
     # data
     train_data_dir: str = ""
+    dataset_manifest: str = ""  # instead of train_data_dir: a .jsonl the LoRA Train node wrote (data/manifest.py)
     resolution: str = "1024"  # "512" or "W,H" such as "512,768"
     dataset_repeats: int = 1  # for images not in a kohya "N_name" subfolder
     enable_bucket: bool = False  # aspect-ratio buckets instead of one cropped size

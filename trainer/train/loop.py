@@ -17,6 +17,7 @@ from ..config import TrainConfig
 from ..data.augment import Augment
 from ..data.captions import process_caption
 from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
+from ..data.manifest import read_manifest
 from ..errors import TrainerError
 from ..families.base import CONV_TARGETS
 from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_to_kohya, save_lora,
@@ -141,6 +142,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     device = device or (dist.device() if dist.enabled else default_device())
     weight_dtype, autocast = resolve_precision(config.mixed_precision, device)
     width, height = config.size()
+    if dataset is None and config.dataset_manifest:
+        dataset = read_manifest(config.dataset_manifest)
     if dataset is None:
         dataset = load_dataset(config.train_data_dir, config.dataset_repeats, config.class_tokens,
                                config.caption_extension)

@@ -1,0 +1,55 @@
+"""A dataset exactly as a graph prepared it, as one JSON-lines file the CLI can train from.
+
+Captions edited in memory, Smart Crop files with their source sizes, regularization images and
+repeats all survive the trip, so ``python -m trainer train`` (or torchrun / accelerate launch)
+trains on what the LoRA Train node would have trained on. One line per image:
+
+    {"path": "/abs/img.png", "caption": "...", "repeats": 10, "folder": "10_x", "is_reg": false,
+     "size": [w, h], "source_size": [h, w] | null, "source_crop": [top, left] | null}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import write_text
+from ..errors import TrainerError
+from .dataset import Dataset, ImageItem
+
+FIELDS = ("caption", "repeats", "folder", "is_reg", "size", "source_size", "source_crop")
+
+
+def write_manifest(dataset: Dataset, path) -> Path:
+    lines = [json.dumps({"path": str(Path(item.path).resolve()), **{f: getattr(item, f) for f in FIELDS}},
+                        ensure_ascii=False) for item in dataset.items]
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def _tuple(value):
+    return None if value is None else tuple(value)
+
+
+def read_manifest(path) -> Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainerError(f"dataset_manifest {path} not found: write it with the LoRA Train node or point "
+                           "train_data_dir at the image folder instead.")
+    items, missing = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            item = ImageItem(Path(row["path"]), row["caption"], int(row["repeats"]), row.get("folder", ""),
+                             bool(row.get("is_reg", False)), _tuple(row.get("size", (0, 0))),
+                             _tuple(row.get("source_size")), _tuple(row.get("source_crop")))
+        except (ValueError, KeyError, TypeError) as err:
+            raise TrainerError(f"{path} line {number} is not a dataset entry ({err}).") from None
+        (items if item.path.is_file() else missing).append(item)
+    if missing:
+        raise TrainerError(f"{len(missing)} images listed in {path} are missing, first {missing[0].path}: copy the "
+                           "dataset to this machine with the same paths, or edit the paths in the file.")
+    if not items:
+        raise TrainerError(f"{path} lists no images.")
+    return Dataset(path.parent, items, [f"dataset from {path.name}"])
