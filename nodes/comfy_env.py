@@ -144,6 +144,21 @@ def on_device(pipeline):
             release_memory()
 
 
+def free_vram() -> int | None:
+    """Bytes of GPU memory free for training: LT_FREE_VRAM (bytes) when set, so tests can play a
+    small GPU; inside ComfyUI on a CUDA device what model_management reports free (the driver's
+    free memory plus PyTorch's cached blocks); None on the CPU or outside ComfyUI."""
+    override = os.environ.get("LT_FREE_VRAM", "").strip()
+    if override:
+        return int(float(override))
+    if not IN_COMFY:
+        return None
+    dev = model_management.get_torch_device()
+    if getattr(dev, "type", None) != "cuda":
+        return None
+    return int(model_management.get_free_memory(dev))
+
+
 def free_comfy_models() -> None:
     """Unload ComfyUI's own models before training so the UNet gets the memory."""
     if IN_COMFY:
