@@ -115,8 +115,12 @@ function addUi(node) {
   estimate.style.cssText = "font:12px sans-serif;color:#bbb;white-space:normal;line-height:1.3;";
   const canvas = document.createElement("canvas");
   canvas.style.cssText = "flex:1;width:100%;min-height:0;border-radius:4px;";
-  root.append(estimate, canvas);
-  node.__lt = { estimate, canvas, points: [], total: 0 };
+  // after a run: memory warnings and the CLI commands for the same training (selectable text)
+  const info = document.createElement("div");
+  info.style.cssText = "font:11px monospace;color:#9c9;white-space:pre-wrap;word-break:break-all;user-select:text;"
+    + "max-height:96px;overflow:auto;";
+  root.append(estimate, canvas, info);
+  node.__lt = { estimate, canvas, info, points: [], total: 0 };
   if (typeof node.addDOMWidget === "function") {
     const widget = node.addDOMWidget("lt_loss_chart", "lt_loss_chart", root, {
       serialize: false, hideOnZoom: false, getMinHeight: () => 170, getValue: () => "", setValue: () => {},
@@ -170,6 +174,9 @@ app.registerExtension({
         const w = this.widgets?.find((x) => x.name === name);
         if (w) chain(w, "callback", () => refreshEstimate(this));
       }
+    });
+    chain(nodeType.prototype, "onExecuted", function (message) {
+      if (this.__lt) this.__lt.info.textContent = (message?.text ?? []).join("\n");
     });
     chain(nodeType.prototype, "onRemoved", function () {
       trainNodes.delete(this);

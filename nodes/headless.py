@@ -14,8 +14,10 @@ from pathlib import Path
 PACK_DIR = Path(__file__).resolve().parents[1]
 
 
-def write_headless_run(config, dataset, run_dir: Path, model_note: str = "") -> tuple[Path, str]:
-    """Write the TOML + dataset manifest; return (toml path, the text the node shows)."""
+def write_headless_run(config, dataset, run_dir: Path, model_settings: dict | None = None,
+                       model_note: str = "") -> tuple[Path, str]:
+    """Write the TOML + dataset manifest; return (toml path, the text the node shows).
+    ``model_settings``: config values the CLI needs to load the same model (vae, tokenizer_dir...)."""
     from ..trainer.atomic import write_text
     from ..trainer.data.manifest import write_manifest
 
@@ -23,9 +25,9 @@ def write_headless_run(config, dataset, run_dir: Path, model_note: str = "") -> 
     manifest = write_manifest(dataset, run_dir / f"{name}_dataset.jsonl")
     # the manifest already holds the regularization images; resume is the node's own business
     headless = dataclasses.replace(config, dataset_manifest=str(manifest), train_data_dir="", reg_data_dir="",
-                                   resume="")
+                                   resume="", **(model_settings or {}))
     toml = write_text(run_dir / f"{name}.toml", headless.to_toml())
-    lines = [f"Same training headless (from {PACK_DIR}):",
+    lines = [f'Same training headless: cd "{PACK_DIR}", then one of',
              f'  python -m trainer train --config "{toml}"',
              f'  torchrun --nproc_per_node <GPUs> -m trainer train --config "{toml}"',
              f'  accelerate launch --multi_gpu --num_processes <GPUs> -m trainer train --config "{toml}"',

@@ -105,6 +105,13 @@ class KolorsSDXLLoader:
                 loaded = load_model(resolve_model(model), family, dtype, vae_path=vae_path,
                                     tokenizer_dir=comfy_tokenizer_dir(), text_encoder_bits=bits)
         loaded.offload = offload == "cpu between nodes"
+        # what `python -m trainer train` needs to load the same model (LoRA Train's headless command)
+        loaded.cli_settings = {"model_family": loaded.family.name, "vae": str(vae_path or ""),
+                               "tokenizer_dir": str(comfy_tokenizer_dir() or "")}
+        if model.startswith("unet/"):
+            loaded.cli_settings["note"] = (
+                "This model came as separate UNet / ChatGLM3 / VAE files, which the CLI does not load: set "
+                "pretrained_model_name_or_path in the .toml to a Kolors diffusers folder.")
         if loaded.offload:
             loaded.to("cpu")
         return (loaded,)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from . import comfy_env
+from .headless import write_headless_run
 from .images import preview, to_image_tensor
 
 PRESETS = ["none", "anime", "realistic", "sdxl_character", "kolors"]
@@ -123,7 +124,13 @@ class LoraTrain:
         if state.is_file() and same_run(state, config):
             config.resume = str(state.parent)
 
+        settings = dict(getattr(pipeline, "cli_settings", {}))
+        note = settings.pop("note", "")
+        _, headless = write_headless_run(config, dataset, run_dir, settings, note)
         comfy_env.free_comfy_models()
+        memory_warning = vram_warning(config, pipeline)
+        if memory_warning:
+            print(f"warning: {memory_warning}")
         bar = {}
 
         def on_start(total, _):
@@ -148,7 +155,28 @@ class LoraTrain:
         comfy_env.release_memory()
         comfy_env.raise_if_interrupted()  # Cancel: state is saved, queueing again resumes
         chart = loss_chart(result.losses)
-        return {"ui": {"images": preview(chart)}, "result": (result.lora, result.model, to_image_tensor(chart))}
+        text = ([f"warning: {memory_warning}"] if memory_warning else []) + [headless]
+        ui = {"images": preview(chart), "text": ["\n\n".join(text)]}
+        return {"ui": ui, "result": (result.lora, result.model, to_image_tensor(chart))}
+
+
+def vram_warning(config, pipeline) -> str | None:
+    """A line when the run's estimated GPU memory exceeds what is free (naming the options that
+    would make it fit); None when it fits or there is no GPU figure to compare with. An estimate
+    never stops a run: if it cannot be made, training goes ahead without it."""
+    free = comfy_env.free_vram()
+    if free is None:
+        return None
+    from ..trainer.train.vram import resident_bytes, vram_warning as estimate_warning
+
+    try:
+        # the pipeline's weights already on the GPU are in the estimate but not in the free
+        # figure; this process has its CUDA context already
+        return estimate_warning(config, pipeline.family.name, free + resident_bytes(pipeline), model=pipeline,
+                                include_context=False)
+    except Exception as err:  # noqa: BLE001 - a failed estimate must not cost the run
+        print(f"note: no GPU memory estimate ({type(err).__name__}: {err})")
+        return None
 
 
 def same_run(progress_file: Path, config) -> bool:

@@ -1,4 +1,4 @@
-"""python -m trainer {train,sample,demo,make-tiny,convert}: the headless face of the trainer."""
+"""python -m trainer {train,sample,demo,make-tiny,convert,vram}: the headless face of the trainer."""
 
 from __future__ import annotations
 
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model folder whose UNet config to map onto (default: the real SD1.5/SDXL one)")
     p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
     p.set_defaults(func=cmd_convert)
+
+    from .train.vram_cli import add_vram_parser
+
+    add_vram_parser(sub)  # python -m trainer vram --config run.toml [--family sdxl] [--free 8]
     return parser
 
 
