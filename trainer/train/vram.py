@@ -3,9 +3,10 @@ would make it fit a given amount of free memory.
 
 The estimate follows what loop.train() does, phase by phase, and reports the largest:
 
-* caching: before training, the VAE / text encoders fill the caches. loop.train() moves the
-  whole model to the GPU first, so the U-Net sits there too (``unet_on_gpu_while_caching``;
-  False gives kohya's order, where each encoder is on the GPU alone while it caches).
+* caching: before training, the VAE / text encoders fill the caches. loop.train() does it in
+  kohya's order (devices.caching_in_order): each encoder alone on the GPU while it caches, the
+  U-Net moved there afterwards. ``unet_on_gpu_while_caching=True`` estimates the other order
+  (everything on the GPU at once), to show what the order saves.
 * training: U-Net weights, the encoders that were not cached (devices.offload_cached_encoders
   moves cached ones off the GPU), LoRA parameters, their gradients and optimizer states, and the
   working memory of a step: the activations saved for backward, or the live VAE / text encoding
@@ -159,7 +160,7 @@ def resident_bytes(model, device_type: str = "cuda") -> int:
 
 # -- the estimate ----------------------------------------------------------------------------------
 def estimate_vram(config: TrainConfig, family: str, model=None, include_context: bool = True,
-                  unet_on_gpu_while_caching: bool = True) -> VramEstimate:
+                  unet_on_gpu_while_caching: bool = False) -> VramEstimate:
     """GPU memory ``config`` needs to train a ``family`` LoRA (see the module doc for the phases).
 
     ``model``: a LoadedModel whose real weights (dtype, 8-bit ChatGLM, a tiny test model) replace
@@ -265,10 +266,6 @@ def estimate_vram(config: TrainConfig, family: str, model=None, include_context:
         phases["sampling"] = ([weights("unet"), *(weights(name) for name in texts), weights("vae"), lora[0], lora[2],
                                Item("working", "VAE decoding one image", decode)] + overheads(decode))
     estimate = VramEstimate(fam, (width, height), batch, phases, notes)
-    if unet_on_gpu_while_caching and estimate.peak_phase.startswith("caching"):
-        notes.append("the caches are filled with the whole model on the GPU (loop.train moves it there first); "
-                     "encoding before the U-Net goes to the GPU would need "
-                     f"{estimate_vram(config, fam, model, include_context, False).total / GB:.2f} GB")
     return estimate
 
 
@@ -320,7 +317,7 @@ def _apply(config: TrainConfig, changes: dict) -> TrainConfig | None:
 
 
 def suggest_fit(config: TrainConfig, family: str, free_bytes: int, model=None, include_context: bool = True,
-                unet_on_gpu_while_caching: bool = True) -> tuple[VramEstimate, list[tuple[str, object]]]:
+                unet_on_gpu_while_caching: bool = False) -> tuple[VramEstimate, list[tuple[str, object]]]:
     """(estimate, changes): the first set of option changes (TOML name, new value), tried in the
     order of ``_steps``, whose estimate fits ``free_bytes``, pruned of changes it does not need,
     with the estimate for the changed config. No changes when ``config`` fits already; when
