@@ -26,7 +26,8 @@ from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_m
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
-from .devices import encoders_on, offload_cached_encoders, release_text_encoders, restore_encoders
+from .devices import (caching_in_order, encoders_on, offload_cached_encoders, release_text_encoders,
+                      restore_encoders, text_caching_placement, training_placement)
 from .evaluate import dataset_loss
 from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
@@ -158,7 +159,7 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         model = load_model(config.pretrained_model_name_or_path, config.model_family, weight_dtype,
                            vae_path=config.vae or None, tokenizer_dir=config.tokenizer_dir or None)
     seed_everything(config.seed)
-    model.to(device)
+    ordered = caching_in_order(model, config, device)
     family, unet = model.family, model.unet
     scheduler = family.training_scheduler(config.v_parameterization)
     cache_dir = Path(config.cache_dir or Path(config.output_dir) / "cache")
@@ -173,7 +174,11 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
                            cache_dir if config.cache_text_encoder_outputs_to_disk else None, bool(te_names))
     latents_from.prepare(cb.log, dist.rank, dist.world)
+    if ordered:
+        text_caching_placement(model, config, device)
     text_from.prepare([item.caption for item in dataset.items], device, cb.log, dist.rank, dist.world)
+    if ordered:
+        training_placement(model, config, device)
     dist.barrier()  # every rank's share of a disk cache is written
     offload_cached_encoders(model, config, device)
     if config.release_text_encoder:
