@@ -2,7 +2,7 @@
 them back for sampling.
 
 On a GPU they move to the CPU (GPU memory goes to the UNet). On the CPU their weights are paged
-out to a file under the run's cache folder (trainer/models/paging.py): the modules stay where
+out to a hidden file in the cache or output folder (trainer/models/paging.py): the modules stay where
 they are and work as before, but their memory is only used again while they run (sampling,
 validation, generating with the returned model).
 """
