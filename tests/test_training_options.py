@@ -222,7 +222,7 @@ def test_buckets_keep_the_whole_picture_never_mix_and_reach_the_time_ids(tiny_mo
     paint(data / "square.png", size=(200, 200))
     seen = []
     original = step.batch_time_ids
-    monkeypatch.setattr("trainer.train.loop.batch_time_ids",
+    monkeypatch.setattr("trainer.train.micro_batch.batch_time_ids",
                         lambda family, batch, w, h: (seen.append((batch.latents.shape, original(family, batch, w, h))),
                                                      seen[-1][1])[1])
     config = config_for(tiny_models("sdxl"), tmp_path / "data", tmp_path / "out", resolution="256",

@@ -38,11 +38,13 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    dtype = unet.dtype
-    kwargs = model.family.unet_kwargs(model.pipe, cond.to(unet.device, dtype),
-                                      None if time_ids is None else time_ids.to(unet.device, dtype))
+    # diffusers' unet.dtype / unet.device walk every module (16 ms each on SDXL with a LoRA)
+    weight = next(unet.parameters())
+    dtype, device = weight.dtype, weight.device
+    kwargs = model.family.unet_kwargs(model.pipe, cond.to(device, dtype),
+                                      None if time_ids is None else time_ids.to(device, dtype))
     with autocast:
-        pred = unet(noisy.to(dtype), timesteps.to(unet.device), **kwargs).sample
+        pred = unet(noisy.to(dtype), timesteps.to(device), **kwargs).sample
     if config is None:
         return F.mse_loss(pred.float(), target.float())
     huber_c = config.huber_c
