@@ -194,3 +194,14 @@ def test_adamw8bit_uses_bitsandbytes_where_it_runs():
     logs = []
     opt = build_optimizer("AdamW8bit", _params(size=8192), 1e-3, [], "cpu", log=logs.append)
     assert type(opt).__module__.startswith("bitsandbytes") and logs == []
+
+
+def test_adamw_takes_the_fused_kernel_unless_optimizer_args_choose():
+    fused = build_optimizer("AdamW", _params(), 1e-3, [], "cpu")
+    assert fused.defaults["fused"] is True
+    chosen = build_optimizer("AdamW", _params(), 1e-3, ["foreach=True"], "cpu")
+    assert not chosen.defaults.get("fused") and chosen.defaults["foreach"] is True
+    # same update as the per-tensor loop, to float rounding
+    loop = build_optimizer("AdamW", _params(), 1e-3, ["fused=False", "foreach=False"], "cpu")
+    for a, b in zip(_one_step(fused, fused.param_groups[0]["params"]), _one_step(loop, loop.param_groups[0]["params"])):
+        assert torch.allclose(a, b, atol=1e-7)

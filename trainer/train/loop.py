@@ -22,7 +22,8 @@ from ..errors import TrainerError
 from ..families.base import CONV_TARGETS
 from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_to_kohya, save_lora,
                                  text_encoder_to_kohya)
-from ..lora.network import ADAPTER, add_text_encoder_lora, add_unet_lora, conv_module_names, lora_state_dict
+from ..lora.network import (ADAPTER, add_text_encoder_lora, add_unet_lora, autocast_lora_inputs, conv_module_names,
+                            lora_state_dict)
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
@@ -201,6 +202,7 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
+    autocast = autocast_lora_inputs(autocast, unet)
 
     if config.full_bf16:
         for param in params:

@@ -120,6 +120,18 @@ def _bnb_adamw8bit_works(device) -> str | None:
     return None
 
 
+def _fused_default(device: torch.device, kwargs: dict) -> dict:
+    """torch AdamW's fused kernel (one pass over all tensors; ~2x faster than the default
+    per-tensor loop on the CPU) where the device has it, unless optimizer_args choose."""
+    if "fused" in kwargs or "foreach" in kwargs:
+        return {}
+    try:  # torch's own list (private; an older or newer torch without it keeps the default)
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices as supported
+    except ImportError:
+        return {}
+    return {"fused": True} if device.type in supported() else {}
+
+
 def build_optimizer(optimizer_type: str, params_groups, lr: float, optimizer_args=None,
                     device=None, log: Callable[[str], None] = print) -> torch.optim.Optimizer:
     """Build ``optimizer_type`` over ``params_groups`` (an iterable of tensors, or of param-group
@@ -146,7 +158,7 @@ def build_optimizer(optimizer_type: str, params_groups, lr: float, optimizer_arg
             raise TrainerError(f"{name}: invalid setting ({err}); check learning_rate and optimizer_args.") from None
 
     if name == "AdamW":
-        return make(torch.optim.AdamW, lr=lr)
+        return make(torch.optim.AdamW, lr=lr, **_fused_default(device, kwargs))
 
     if name == "AdamW8bit":
         reason = _bnb_adamw8bit_works(device)
@@ -160,7 +172,7 @@ def build_optimizer(optimizer_type: str, params_groups, lr: float, optimizer_arg
         for key in ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise", "is_paged"):
             if kwargs.pop(key, None) is not None:
                 log(f"note: optimizer_args '{key}' only applies to bitsandbytes and was dropped.")
-        return make(torch.optim.AdamW, lr=lr)
+        return make(torch.optim.AdamW, lr=lr, **_fused_default(device, kwargs))
 
     if name == "Lion":
         try:
