@@ -115,3 +115,38 @@ def test_a_module_changed_after_paging_is_left_alone_and_its_file_goes(tmp_path)
     assert torch.allclose(module[:2](x), expected, rtol=1e-6, atol=1e-7)
     again = paging.page_out(module, tmp_path)  # paging again writes what it holds now
     assert again != path and torch.allclose(module[:2](x), expected, rtol=1e-6, atol=1e-7)
+
+
+def resident_kib(marker: str) -> int:
+    """Resident KiB of this process's mappings of files whose name contains ``marker``."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:  # a mapping's header line
+                inside = marker in line
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_validation_runs_the_encoders_and_their_pages_leave_again(tiny_models, tmp_path):
+    from conftest import paint
+
+    data = tmp_path / "data"
+    for i in range(5):
+        paint(data / "1_thing" / f"{i}.png", box=(4 * i, 8, 40, 40))
+    model = load_model(tiny_models("sd15"))
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_models("sd15")), train_data_dir=str(data),
+                         resolution="64", network_dim=4, train_batch_size=2, max_train_epochs=2, validation_split=0.2,
+                         cache_latents=True, cache_text_encoder_outputs=True, output_dir=str(tmp_path / "out"))
+    resident = []
+
+    def log(line):
+        if "validation loss" in line:  # validate() is done: it encoded the held-out image and caption
+            resident.append(resident_kib(".paged-"))
+
+    result = train(config, model, callbacks=Callbacks(log=log))
+    assert len(result.validation_losses) == 2 and len(resident) == 2
+    assert resident == [0, 0]

@@ -261,8 +261,10 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         if not dist.is_main:
             return
         unet.eval()
-        loss = dataset_loss(model, validation_set, width, height, seed=config.seed,
-                            mixed_precision=config.mixed_precision, clip_skip=diffusers_clip_skip(config.clip_skip))
+        with encoders_on(model, device):  # paged-out encoders leave RAM again afterwards
+            loss = dataset_loss(model, validation_set, width, height, seed=config.seed,
+                                mixed_precision=config.mixed_precision,
+                                clip_skip=diffusers_clip_skip(config.clip_skip))
         unet.train()
         result.validation_losses.append((epoch_done, loss))
         cb.log(f"epoch {epoch_done}: validation loss {loss:.4f} ({validation_set.num_images} held-out images)")
