@@ -37,11 +37,17 @@ def prepare(model, dataset, resolution: int, batch_size: int, steps: int, seed: 
 
 def run(model, draws, kwargs, params, autocast) -> list[float]:
     """Seconds of each step over the prepared ``draws``."""
+    from trainer.train.host_memory import reuse_freed_memory
     from trainer.train.optim import build_optimizer
 
     unet = model.unet
     optimizer = build_optimizer("AdamW", [{"params": params, "lr": 1e-4}], 1e-4, log=lambda _: None)
     unet.train()
+    with reuse_freed_memory(torch.device("cpu")):  # as train() runs its steps
+        return _steps(unet, draws, kwargs, optimizer, autocast)
+
+
+def _steps(unet, draws, kwargs, optimizer, autocast) -> list[float]:
     times = []
     for noisy, target, t in draws:
         started = time.perf_counter()

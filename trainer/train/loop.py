@@ -27,6 +27,7 @@ from ..lora.network import (ADAPTER, add_text_encoder_lora, add_unet_lora, autoc
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
+from .host_memory import reuse_freed_memory
 from .devices import (caching_in_order, encoders_on, offload_cached_encoders, release_text_encoders,
                       restore_encoders, text_caching_placement, training_placement)
 from .evaluate import dataset_loss
@@ -278,7 +279,7 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     run = SimpleNamespace(config=config, dataset=dataset, family=family, scheduler=scheduler, device=device,
                           latents_from=latents_from, text_from=text_from, width=width, height=height,
                           caption_for=lambda i, rng: caption_for_step(config, dataset.items[i].caption, rng))
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), reuse_freed_memory(device):
         while step < steps and not stopped:
             batches = run_batches(dataset, buckets, global_batch, config.seed, epoch)
             skip = batches_done(batches, progress, global_batch) if epoch == progress.epoch else 0
