@@ -4,10 +4,12 @@ train() runs it.
     python bench/step_levers.py --full --family sdxl --rounds 8
     python bench/step_levers.py --quick --compile      # adds torch.compile (minutes of compiling)
 
-One model, one prepared batch (as bench/floor.py), the LoRA on it; the variants take turns step by
-step (the order flips every round), so a slower or faster stretch of a shared machine falls on all
-of them alike. Each variant is the step train() runs ("as trained": LoRA inputs not up-cast,
-fused AdamW) with one thing changed:
+One model, one prepared batch (as bench/floor.py), the LoRA on it. First the step train() runs
+("as trained": LoRA inputs not up-cast, fused AdamW) with glibc's malloc as a fresh process has
+it ("glibc defaults": big blocks freed each step come back as page faults the next), then the
+rest inside trainer.train.host_memory.reuse_freed_memory as train() runs its steps. There the
+variants take turns step by step (the order flips every round), so a slower or faster stretch of
+a shared machine falls on all of them alike. Each is "as trained" with one thing changed:
 
   peft up-casts      peft's fp32 round trip of every LoRA layer's input (what train() skips)
   per-tensor AdamW   torch AdamW's default loop over tensors instead of the fused kernel
@@ -15,14 +17,15 @@ fused AdamW) with one thing changed:
   math attention     scaled_dot_product_attention's plain math kernel instead of the fused one
   torch.compile      the UNet through torch.compile (inductor); its compile time is printed apart
 
-Prints the median seconds per step (wall and process CPU), the optimizer's share and the ratio to
-"as trained". CPU only.
+Prints the median seconds per step (wall and process CPU), minor page faults per step, the
+optimizer's share and the ratio to "as trained". CPU only.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import sys
 import time
@@ -77,8 +80,8 @@ class Bench:
             self.noisy = self.noisy.contiguous(memory_format=fmt)
             self.channels_last = channels_last
 
-    def step(self, variant: str) -> tuple[float, float, float]:
-        """(wall s, process CPU s, optimizer s) of one step of ``variant``."""
+    def step(self, variant: str) -> tuple[float, float, float, int]:
+        """(wall s, process CPU s, optimizer s, minor page faults) of one step of ``variant``."""
         import torch
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -88,6 +91,7 @@ class Bench:
         optimizer = self.optimizers["loop" if variant == "per-tensor AdamW" else "fused"]
         unet = self.unets["compiled" if variant == "torch.compile" else "eager"]
         attention = sdpa_kernel(SDPBackend.MATH) if variant == "math attention" else contextlib.nullcontext()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         wall, cpu = time.perf_counter(), time.process_time()
         with autocast, attention:
             pred = unet(self.noisy, self.t, **self.kwargs).sample
@@ -96,7 +100,8 @@ class Bench:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
-        return end - wall, time.process_time() - cpu, end - optimizer_started
+        return (end - wall, time.process_time() - cpu, end - optimizer_started,
+                resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 
 def main() -> None:
@@ -120,27 +125,37 @@ def main() -> None:
     from trainer.progress import quiet_libraries
 
     quiet_libraries()
+    import torch
+
+    from trainer.train.host_memory import reuse_freed_memory
+
     bench = Bench(spec)
+    for _ in range(2):
+        bench.step("as trained")  # warm-up
+    times: dict[str, list] = {"glibc defaults": [bench.step("as trained") for _ in range(args.rounds)]}
     variants = list(VARIANTS)
-    if args.compile:
-        print(f"torch.compile: compiling and the first step took {bench.compile():.1f} s", flush=True)
-        variants.append("torch.compile")
-    for variant in variants:
-        bench.step(variant)  # warm-up
-    times: dict[str, list] = {v: [] for v in variants}
-    for round_ in range(args.rounds):
-        for variant in variants if round_ % 2 == 0 else variants[::-1]:
-            times[variant].append(bench.step(variant))
-        print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    with reuse_freed_memory(torch.device("cpu")):
+        if args.compile:
+            print(f"torch.compile: compiling and the first step took {bench.compile():.1f} s", flush=True)
+            variants.append("torch.compile")
+        for variant in variants:
+            bench.step(variant)  # warm-up
+        times.update({v: [] for v in variants})
+        for round_ in range(args.rounds):
+            for variant in variants if round_ % 2 == 0 else variants[::-1]:
+                times[variant].append(bench.step(variant))
+            print(f"round {round_ + 1}/{args.rounds} done", flush=True)
+    report(args, spec, shape, kind, times)
+
+
+def report(args, spec: Spec, shape: dict, kind: str, times: dict[str, list]) -> None:
     base = statistics.median(t[0] for t in times["as trained"])
     print(f"\n{args.family} ({kind}, {shape['resolution']}², batch {shape['batch']}, bf16, LoRA rank {spec.rank}), "
-          f"median of {args.rounds} interleaved steps each:")
-    print(f"{'variant':<18} {'s/step':>7} {'CPU s':>7} {'AdamW ms':>9} {'/ as trained':>13}")
-    for variant in variants:
-        wall = statistics.median(t[0] for t in times[variant])
-        cpu = statistics.median(t[1] for t in times[variant])
-        opt = statistics.median(t[2] for t in times[variant]) * 1000
-        print(f"{variant:<18} {wall:7.3f} {cpu:7.3f} {opt:9.1f} {wall / base:13.3f}")
+          f"median of {args.rounds} steps each (glibc defaults: before the others; the rest interleaved):")
+    print(f"{'variant':<18} {'s/step':>7} {'CPU s':>7} {'faults':>8} {'AdamW ms':>9} {'/ as trained':>13}")
+    for variant, rows in times.items():
+        wall, cpu, opt, faults = (statistics.median(t[i] for t in rows) for i in range(4))
+        print(f"{variant:<18} {wall:7.3f} {cpu:7.3f} {faults:8.0f} {opt * 1000:9.1f} {wall / base:13.3f}")
 
 
 if __name__ == "__main__":
