@@ -81,9 +81,9 @@ class AutocastLoraInputs:
 
     peft casts each LoRA layer's input to the LoRA weights' dtype (fp32) and autocast casts it
     straight back to bf16/fp16 for the matmul: two activation-sized copies per layer and step,
-    forward and backward, with the same result (the up-cast is exact). Skipping them saves 3-13 %
-    of a full-size step on the CPU. Outside this context (sampling without autocast) peft casts
-    as before."""
+    forward and backward, with the same result (the up-cast is exact). Skipping them saved 0-6 %
+    of a full-size step on the CPU (docs/benchmarks.md). Outside this context (sampling without
+    autocast) peft casts as before."""
 
     def __init__(self, autocast, *modules):
         from peft.tuners.tuners_utils import BaseTunerLayer

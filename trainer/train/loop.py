@@ -27,10 +27,10 @@ from ..lora.network import (ADAPTER, add_text_encoder_lora, add_unet_lora, autoc
 from ..models.loader import LoadedModel, load_model
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
-from .host_memory import reuse_freed_memory
 from .devices import (caching_in_order, encoders_on, offload_cached_encoders, release_text_encoders,
                       restore_encoders, text_caching_placement, training_placement)
 from .evaluate import dataset_loss
+from .host_memory import reuse_freed_memory
 from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
 from .snapshots import save_epoch, wants_samples
