@@ -2,7 +2,7 @@
 
 Every step allocates and frees the same activations and gradients (hundreds of MB). glibc's
 malloc serves big blocks with fresh mmaps and returns a freed heap top to the kernel, so the next
-step page-faults all of it in again, zeroed by the kernel: measured 166,000 minor faults (650 MB)
+step page-faults all of it in again, zeroed by the kernel: measured 166,000 minor faults (680 MB)
 per full-size SD1.5 step at 256², 1.77 s a step against 1.23 s once they stop. Whether they stop
 by themselves depends on the process's allocation history (glibc raises its mmap threshold after
 freeing big mapped blocks, up to 32 MB). Inside ``reuse_freed_memory`` big blocks come from the
