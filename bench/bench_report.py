@@ -18,13 +18,18 @@ def _steps_per_epoch(run: dict) -> int:
     return run["steps"] // max(len(run["epoch_seconds"]), 1)
 
 
+def _calls_from_epoch_2(run: dict) -> int:
+    """VAE + text-encoder calls counted while epochs 2 and later ran."""
+    return sum(n for kind in run["encoder_calls"].values() for epoch, n in kind.items() if int(epoch) >= 2)
+
+
 def summarize(family: str, size: str, runs: dict) -> dict:
     """Ratios and target checks of one family from its four measurements."""
     cached, live, floor, ref = runs["ours_cached"], runs["ours_live"], runs["floor"], runs["reference"]
     floor_steps = floor["step_seconds"][2:] or floor["step_seconds"]  # the first steps warm up
     floor_step = statistics.median(floor_steps)
     ours_epoch = _epoch_from_2(cached["epoch_seconds"])
-    later_calls = sum(n for kind in cached["encoder_calls"].values() for epoch, n in kind.items() if int(epoch) >= 2)
+    later_calls = _calls_from_epoch_2(cached)
     row = {
         "family": family, "size": size,
         "our_step_s": cached["seconds_per_step"], "floor_step_s": floor_step,
@@ -32,8 +37,7 @@ def summarize(family: str, size: str, runs: dict) -> dict:
         "our_epoch_s": ours_epoch, "reference_epoch_s": _epoch_from_2(ref["epoch_seconds"]),
         "live_epoch_s": _epoch_from_2(live["epoch_seconds"]),
         "encoder_calls_epoch_2_on": later_calls,
-        "live_encoder_calls_epoch_2_on": sum(n for kind in live["encoder_calls"].values()
-                                             for epoch, n in kind.items() if int(epoch) >= 2),
+        "live_encoder_calls_epoch_2_on": _calls_from_epoch_2(live),
         "peak_rss_gb": cached["peak_rss_gb"], "model_gb": cached["model_gb"]["total"],
         "peak_rss_gb_live": live["peak_rss_gb"], "peak_rss_gb_reference": ref["peak_rss_gb"],
     }

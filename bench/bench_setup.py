@@ -117,8 +117,3 @@ def model_gigabytes(model) -> dict[str, float]:
     sizes["total"] = sum(sizes.values())
     return sizes
 
-
-def folder_gigabytes(folder: Path) -> float:
-    """Size on disk of the model's weight files."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*")
-               if p.suffix in (".safetensors", ".bin")) / 1e9

@@ -51,11 +51,17 @@ def _steps(unet, draws, kwargs, optimizer, autocast) -> list[float]:
     times = []
     for noisy, target, t in draws:
         started = time.perf_counter()
-        with autocast:
-            pred = unet(noisy, t, **kwargs).sample
-        loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step(unet, noisy, target, t, kwargs, optimizer, autocast)
         times.append(time.perf_counter() - started)
     return times
+
+
+def step(unet, noisy, target, t, kwargs, optimizer, autocast) -> float:
+    """One bare step: forward, MSE, backward, optimizer; returns the optimizer's seconds."""
+    with autocast:
+        pred = unet(noisy, t, **kwargs).sample
+    F.mse_loss(pred.float(), target.float()).backward()
+    started = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started

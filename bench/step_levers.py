@@ -43,8 +43,6 @@ class Bench:
     """The model, its LoRA, one prepared batch and a step that can take each variant."""
 
     def __init__(self, spec: Spec):
-        import torch
-
         import floor
         from bench_run import load
         from trainer.data.dataset import load_dataset
@@ -82,9 +80,9 @@ class Bench:
 
     def step(self, variant: str) -> tuple[float, float, float, int]:
         """(wall s, process CPU s, optimizer s, minor page faults) of one step of ``variant``."""
-        import torch
-        import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        import floor
 
         self._memory_format(variant == "channels-last")
         autocast = self.autocast.get(variant, self.autocast["as trained"])
@@ -93,14 +91,9 @@ class Bench:
         attention = sdpa_kernel(SDPBackend.MATH) if variant == "math attention" else contextlib.nullcontext()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         wall, cpu = time.perf_counter(), time.process_time()
-        with autocast, attention:
-            pred = unet(self.noisy, self.t, **self.kwargs).sample
-        F.mse_loss(pred.float(), self.target.float()).backward()
-        optimizer_started = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        end = time.perf_counter()
-        return (end - wall, time.process_time() - cpu, end - optimizer_started,
+        with attention:
+            optimizer_seconds = floor.step(unet, self.noisy, self.target, self.t, self.kwargs, optimizer, autocast)
+        return (time.perf_counter() - wall, time.process_time() - cpu, optimizer_seconds,
                 resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 
 

@@ -46,15 +46,16 @@ def _layout(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, int], int]:
     return offsets, position
 
 
-def _write(tensors: dict[str, torch.Tensor], offsets: dict[str, int], path: Path) -> None:
+def _write(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Raw bytes of each tensor at its offset, written one tensor at a time (no full copy)."""
+    offsets, total = _layout(tensors)
     with open(path, "wb") as f:
         for name, tensor in tensors.items():
             f.seek(offsets[name])
             data = tensor.detach().contiguous().reshape(-1)
             if data.numel():
                 f.write(data.view(torch.uint8).numpy().data)
-        f.truncate(max(_layout(tensors)[1], 1))
+        f.truncate(max(total, 1))
 
 
 def _map(module: torch.nn.Module, path: Path) -> None:
@@ -89,7 +90,7 @@ def page_out(module: torch.nn.Module, folder) -> Path:
     os.close(fd)
     path = Path(name)
     try:
-        _write(tensors, _layout(tensors)[0], path)
+        _write(tensors, path)
         _map(module, path)
     except BaseException:
         _remove(path)
