@@ -13,6 +13,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# The libraries whose releases have broken us before: the header names them, so the next break
+# names the library that moved.
+VERSIONED = ("torch", "diffusers", "peft", "transformers", "accelerate", "safetensors", "bitsandbytes",
+             "onnxruntime", "opencv-python-headless", "numpy", "pillow")
+
+
+def pytest_sessionstart(session):
+    """Written even under -q (the README's command), where pytest hides its own header."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(library_versions())
+
+
+def library_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "versions: " + ", ".join(f"{name} {installed(name)}" for name in VERSIONED)
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):

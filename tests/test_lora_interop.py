@@ -58,7 +58,10 @@ def test_diffusers_loads_our_file_with_nothing_missing_and_same_images(canon, ti
     caplog.set_level("WARNING")
     model.pipe.load_lora_weights(str(path), adapter_name="ours")  # diffusers itself, no conversion of ours
     complaints = ("unexpected", "missing", "not found")
-    assert not [r for r in caplog.records if any(w in r.getMessage().lower() for w in complaints)]
+    # diffusers notes a text encoder the file has no keys for (Kolors' ChatGLM: no TE LoRA by design)
+    no_keys_for = "no lora keys associated to"
+    assert not [r for r in caplog.records if any(w in r.getMessage().lower() for w in complaints)
+                and not (family == "kolors" and r.getMessage().lower().startswith(no_keys_for))]
     saved = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in tensors}
     loaded = len(lora_modules(model.pipe.unet, "ours"))
     for component in TEXT_PARTS[family]:

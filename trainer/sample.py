@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .errors import TrainerError
@@ -47,8 +49,26 @@ def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps
         set_lora_strength(model, {name: lora_strength for name in adapters})
     device = device or pipe.unet.device
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    with torch.inference_mode():
+    with torch.inference_mode(), _vae_takes_latents_in_any_dtype(pipe.vae):
         out = pipe(prompt=prompt, negative_prompt=negative_prompt or None, num_inference_steps=int(steps),
                    guidance_scale=float(cfg), width=width, height=height, generator=generator,
                    output_type=output_type)
     return out.images if output_type == "latent" else out.images[0]
+
+
+@contextmanager
+def _vae_takes_latents_in_any_dtype(vae):
+    """Latents come out of the UNet in its dtype (bf16/fp16 weights) while the VAE stays fp32, and
+    diffusers' SD1.5 and Kolors pipelines hand them to the VAE uncast: cast them at its door."""
+    dtype = next(vae.parameters()).dtype
+
+    def cast(module, args):
+        return (args[0].to(dtype), *args[1:]) if args and torch.is_tensor(args[0]) else args
+
+    doors = [m for m in (getattr(vae, "post_quant_conv", None), vae.decoder) if m is not None]
+    handles = [m.register_forward_pre_hook(cast) for m in doors]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -56,6 +56,7 @@ class Family:
             extra = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe = cls(scheduler=scheduler, **parts, **extra)
         pipe.set_progress_bar_config(disable=True)
+        fit_tokenizers_to_encoders(pipe)
         return pipe
 
     # -- conditioning -------------------------------------------------------------------------
@@ -80,6 +81,20 @@ class Family:
 
         kind = "v_prediction" if v_prediction else self.training_schedule["prediction_type"]
         return DDPMScheduler(**{**self.training_schedule, "prediction_type": kind})
+
+
+def fit_tokenizers_to_encoders(pipe) -> None:
+    """Pad and truncate CLIP prompts to the length the text encoder takes (77 for every SD/SDXL CLIP).
+
+    The tokenizer file's ``model_max_length`` is not that length: ComfyUI's comfy/sd1_tokenizer
+    says 8192 (ComfyUI chunks long prompts itself), and the pipelines' ``encode_prompt`` pads to
+    ``tokenizer.model_max_length``. The encoder's position table is what decides.
+    """
+    for tok_name, enc_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        tokenizer, encoder = getattr(pipe, tok_name, None), getattr(pipe, enc_name, None)
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if tokenizer is not None and isinstance(positions, int) and hasattr(tokenizer, "model_max_length"):
+            tokenizer.model_max_length = positions
 
 
 def scaled_linear(num_train_timesteps: int, beta_end: float, **extra) -> dict:

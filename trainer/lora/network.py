@@ -40,19 +40,35 @@ def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_nam
 
 def add_text_encoder_lora(encoder, rank: int, alpha: float, adapter_name: str = ADAPTER,
                           dropout: float = 0.0) -> list:
-    """LoRA on a CLIP text encoder's attention and MLP linears; returns the trainable parameters."""
-    from peft import LoraConfig
+    """LoRA on a CLIP text encoder's attention and MLP linears; returns the trainable parameters.
+
+    Injected by peft itself, not through transformers' ``add_adapter``: its peft version gate
+    moves between releases (transformers 5.24 refuses peft < 0.22 while the index's newest
+    peft is 0.21.2), and peft's own API is what that wrapper calls anyway."""
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=TEXT_ENCODER_TARGETS,
                         lora_dropout=float(dropout), init_lora_weights=True)
     drop_adapter(encoder, adapter_name)
-    encoder.add_adapter(config, adapter_name=adapter_name)
+    inject_adapter_in_model(config, encoder, adapter_name=adapter_name)
     return _trainable(encoder, adapter_name, TEXT_ENCODER_TARGETS)
 
 
 def drop_adapter(module, adapter_name: str) -> None:
-    if adapter_name in (getattr(module, "peft_config", None) or {}):
-        module.delete_adapters(adapter_name) if hasattr(module, "delete_adapters") else module.delete_adapter(adapter_name)
+    """Remove the adapter ``adapter_name`` from ``module`` (a diffusers model or any torch module
+    peft injected into)."""
+    configs = getattr(module, "peft_config", None) or {}
+    if adapter_name not in configs:
+        return
+    if hasattr(module, "delete_adapters"):  # diffusers' models keep their own bookkeeping
+        module.delete_adapters(adapter_name)
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer) and adapter_name in layer.scaling:
+            layer.delete_adapter(adapter_name)
+    del configs[adapter_name]
 
 
 def _trainable(module, adapter_name: str, targets) -> list:

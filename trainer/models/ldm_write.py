@@ -12,6 +12,7 @@ in diffusers/loaders/single_file_utils.py), so ``from_single_file`` reads the fi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -148,7 +149,31 @@ def checkpoint_tensors(family_name: str, parts: dict, dtype: torch.dtype | None 
     return tensors
 
 
-def write_single_file(family_name: str, parts: dict, file, dtype: torch.dtype | None = None) -> Path:
-    """Convert diffusers components to the single-file layout and write them atomically."""
+# Header entry holding the components' diffusers configs, for architectures no bundled config
+# describes (the tiny test models); real checkpoints load with the bundled SD1.5 / SDXL configs.
+EMBEDDED_CONFIGS = "lora_trainer.diffusers_configs"
+
+
+def component_configs(parts: dict) -> dict[str, dict]:
+    """{component: its config.json content} for the UNet, VAE and text encoders."""
+    out = {}
+    for name, module in parts.items():
+        config = getattr(module, "config", None)
+        if config is None or name not in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            continue
+        out[name] = config.to_dict() if hasattr(config, "to_dict") else {
+            "_class_name": type(module).__name__, **dict(config)}
+    return out
+
+
+def write_single_file(family_name: str, parts: dict, file, dtype: torch.dtype | None = None,
+                      embed_configs: bool = False) -> Path:
+    """Convert diffusers components to the single-file layout and write them atomically.
+
+    ``embed_configs`` stores the components' configs in the header, so a model of a non-standard
+    size loads from the file alone (the loader reads them instead of the bundled configs)."""
     tensors = checkpoint_tensors(family_name, parts, dtype)
-    return save_safetensors(file, tensors, metadata={"format": "pt"})
+    metadata = {"format": "pt"}
+    if embed_configs:
+        metadata[EMBEDDED_CONFIGS] = json.dumps(component_configs(parts), default=list)
+    return save_safetensors(file, tensors, metadata=metadata)

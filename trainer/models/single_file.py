@@ -10,7 +10,9 @@ in the target dtype. Single-file checkpoints carry no tokenizer: it comes from `
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 from ..errors import TrainerError
 from ..families import get_family
 from .detect import _read_json, detect_checkpoint_family
-from .ldm_write import CLIP_PREFIXES, UNET, VAE
+from .ldm_write import CLIP_PREFIXES, EMBEDDED_CONFIGS, UNET, VAE
 from .parts import load_clip_tokenizer
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -44,6 +46,11 @@ def _quiet_dtype_note():
 
 
 def read_keys(path: Path) -> list[str]:
+    return read_header(path)[0]
+
+
+def read_header(path: Path) -> tuple[list[str], dict]:
+    """The tensor names and the string metadata of a .safetensors file."""
     from safetensors import safe_open
 
     if path.suffix.lower() != ".safetensors":
@@ -51,7 +58,7 @@ def read_keys(path: Path) -> list[str]:
                            "(convert a .ckpt to .safetensors first).")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
+            return list(f.keys()), f.metadata() or {}
     except Exception as e:  # SafetensorError, OSError: truncated download, not a safetensors file
         raise TrainerError(f"Cannot read {path}: it is not a valid .safetensors file or it is damaged "
                            f"(an incomplete download?). Download it again. ({e})") from e
@@ -79,8 +86,27 @@ def _check_loaded(model, path: Path, what: str) -> None:
                            "the file is incomplete or is not a checkpoint of this model type.")
 
 
-def _config_root(family, config_dir) -> Path:
-    root = Path(config_dir) if config_dir else CONFIGS / family.name
+@contextmanager
+def _config_root(family, config_dir, metadata: dict):
+    """The folder whose */config.json describe the checkpoint: ``config_dir``, else the configs the
+    file carries in its header (written by ``write_single_file(embed_configs=True)``), else the
+    bundled real SD1.5 / SDXL configs."""
+    embedded = metadata.get(EMBEDDED_CONFIGS)
+    if config_dir or not embedded:
+        yield _checked_root(family, Path(config_dir) if config_dir else CONFIGS / family.name)
+        return
+    try:
+        configs = json.loads(embedded)
+    except ValueError as e:
+        raise TrainerError(f"The checkpoint's embedded model configs are not valid JSON ({e}).") from e
+    with tempfile.TemporaryDirectory(prefix="lt-configs-") as tmp:
+        for part, config in configs.items():
+            (Path(tmp) / part).mkdir()
+            (Path(tmp) / part / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        yield _checked_root(family, Path(tmp))
+
+
+def _checked_root(family, root: Path) -> Path:
     subs = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family.name == "sdxl" else [])
     for sub in subs:
         if not (root / sub / "config.json").is_file():
@@ -144,7 +170,7 @@ def load_single_file(path, family: str = "auto", dtype=torch.float32, tokenizer_
     path, dtype = Path(path), to_dtype(dtype)
     if not path.is_file():
         raise TrainerError(f"Checkpoint not found: {path}.")
-    keys = read_keys(path)
+    keys, metadata = read_header(path)
     name = detect_checkpoint_family(keys) if family == "auto" else get_family(family).name
     if name not in CLIP_PREFIXES:
         raise TrainerError(f"{get_family(name).label} has no single-file checkpoint format here; "
@@ -155,16 +181,18 @@ def load_single_file(path, family: str = "auto", dtype=torch.float32, tokenizer_
         if not any(k.startswith(prefix) for k in keys):
             raise TrainerError(f"{path} is not a complete {fam.label} checkpoint: it has no {part} tensors "
                                f"({prefix}*). Pick a full checkpoint (UNet + VAE + text encoders).")
-    root = _config_root(fam, config_dir)
-    parts = _tokenizers(fam, tokenizer_dir, root)
-    try:
-        with _quiet_dtype_note():
-            parts.update(_load_weights(path, keys, prefixes, root, dtype))
-    except (ValueError, RuntimeError, KeyError, OSError, SingleFileComponentError) as e:
-        raise TrainerError(f"{path} does not load as a {fam.label} checkpoint with the configs in {root}: {e}") from e
+    with _config_root(fam, config_dir, metadata) as root:
+        parts = _tokenizers(fam, tokenizer_dir, root)
+        try:
+            with _quiet_dtype_note():
+                parts.update(_load_weights(path, keys, prefixes, root, dtype))
+        except (ValueError, RuntimeError, KeyError, OSError, SingleFileComponentError) as e:
+            raise TrainerError(f"{path} does not load as a {fam.label} checkpoint with the configs in {root}: "
+                               f"{e}") from e
+        scheduler = sampling_scheduler(fam, root)
     for part in prefixes:
         _check_loaded(parts[part], path, part)
-    pipe = fam.build_pipeline(parts, sampling_scheduler(fam, root))
+    pipe = fam.build_pipeline(parts, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(fam, pipe, str(path), dtype)
 

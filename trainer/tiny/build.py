@@ -113,4 +113,4 @@ def write_tiny_checkpoint(family_name: str, file, seed: int = 0) -> Path:
     family = get_family(family_name)
     with tempfile.TemporaryDirectory() as tmp:
         parts = build_tiny_parts(family.name, Path(tmp), seed)
-        return write_single_file(family.name, parts, file)
+        return write_single_file(family.name, parts, file, embed_configs=True)

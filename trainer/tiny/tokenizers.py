@@ -35,8 +35,7 @@ CORPUS = [
 ]
 
 
-def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
-    """Write a character-level CLIP tokenizer (vocab.json, merges.txt, configs) to ``folder``."""
+def _write_clip_vocab(folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(bytes_to_unicode().values())
@@ -44,6 +43,35 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path
     vocab = {tok: i for i, tok in enumerate(tokens)}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return folder
+
+
+def _added_token(content: str) -> dict:
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def write_comfyui_sd1_tokenizer(folder: Path) -> Path:
+    """A tokenizer folder laid out like ComfyUI's comfy/sd1_tokenizer (the CLIP tokenizer ComfyUI uses
+    for single-file SD1.5/SDXL checkpoints): its tokenizer_config.json says ``model_max_length: 8192``
+    because ComfyUI chunks long prompts itself, while the CLIP text encoder takes 77 positions."""
+    folder = _write_clip_vocab(folder)
+    special = {"bos_token": _added_token("<|startoftext|>"), "eos_token": _added_token("<|endoftext|>"),
+               "unk_token": _added_token("<|endoftext|>")}
+    config = {"add_prefix_space": False, **special, "do_lower_case": True, "errors": "replace",
+              "model_max_length": 8192, "name_or_path": "openai/clip-vit-large-patch14",
+              "pad_token": "<|endoftext|>", "special_tokens_map_file": "./special_tokens_map.json",
+              "tokenizer_class": "CLIPTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    special_map = {**{k: {kk: vv for kk, vv in v.items() if kk != "__type"} for k, v in special.items()},
+                   "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2), encoding="utf-8")
+    return folder
+
+
+def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
+    """Write a character-level CLIP tokenizer (vocab.json, merges.txt, configs) to ``folder``."""
+    folder = _write_clip_vocab(folder)
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": 77,
