@@ -211,3 +211,51 @@ def test_vae_files(tiny, tmp_path):
         assert all(torch.equal(state[k], reference[k]) for k in state)
     with pytest.raises(TrainerError, match="does not load as a Stable Diffusion VAE"):
         load_vae(file)  # tiny weights against the bundled real SD1.5 VAE config: shapes differ
+
+
+@pytest.fixture(scope="module")
+def comfyui_tokenizer(tmp_path_factory):
+    """A tokenizer folder as ComfyUI ships it (comfy/sd1_tokenizer: model_max_length 8192)."""
+    from trainer.tiny.tokenizers import write_comfyui_sd1_tokenizer
+
+    return write_comfyui_sd1_tokenizer(tmp_path_factory.mktemp("comfy") / "sd1_tokenizer")
+
+
+def test_checkpoint_with_comfyui_tokenizer_trains_text_encoder_and_samples_in_bf16(tiny, comfyui_tokenizer,
+                                                                                   star_dataset, tmp_path):
+    """Prompts are padded to the encoder's 77 positions, not the tokenizer file's 8192."""
+    from PIL import Image
+
+    from trainer.config import TrainConfig
+    from trainer.train.loop import train
+
+    family, _, file = tiny
+    model = load_model(file, tokenizer_dir=comfyui_tokenizer)  # the file carries its tiny configs
+    tokenizers = [model.pipe.tokenizer] + ([model.pipe.tokenizer_2] if family == "sdxl" else [])
+    assert [t.model_max_length for t in tokenizers] == [77] * len(tokenizers)
+    config = TrainConfig(pretrained_model_name_or_path=str(file), tokenizer_dir=str(comfyui_tokenizer),
+                         train_data_dir=str(star_dataset), output_dir=str(tmp_path), output_name="sf",
+                         resolution="64", network_dim=4, train_batch_size=4, max_train_steps=2,
+                         text_encoder_lr=1e-4, mixed_precision="bf16",
+                         sample_prompts=["ltdemo, " * 40 + "--d 1 --s 2 --w 64 --h 64"], sample_every_n_steps=1)
+    result = train(config)
+    assert Image.open(result.files["sample_00_s000002"]).size == (64, 64)
+    prefixes = {k.split("_text_model")[0] for k in result.lora.tensors if k.startswith("lora_te")}
+    assert prefixes == ({"lora_te"} if family == "sd15" else {"lora_te1", "lora_te2"})
+
+
+def test_cli_samples_a_checkpoint_with_the_readme_tokenizer_advice(tiny, comfyui_tokenizer, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import ROOT
+
+    _, _, file = tiny
+    run = subprocess.run([sys.executable, "-m", "trainer", "sample", "--model", str(file), "--tokenizer_dir",
+                          str(comfyui_tokenizer), "--prompt", "ltdemo", "--steps", "2", "--width", "64",
+                          "--height", "64", "--dtype", "bf16", "--out", str(tmp_path / "s.png")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert Image.open(tmp_path / "s.png").size == (64, 64)
