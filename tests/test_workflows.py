@@ -47,7 +47,7 @@ def test_workflow_matches_the_nodes(pack, path):
 
 
 @pytest.fixture
-def user_dirs(tmp_path, monkeypatch, tiny_models, star_dataset):
+def user_dirs(pack, tmp_path, monkeypatch, tiny_models, star_dataset):
     import sys
 
     models = tmp_path / "models"
@@ -55,6 +55,14 @@ def user_dirs(tmp_path, monkeypatch, tiny_models, star_dataset):
         shutil.copytree(tiny_models(family), models / "diffusers" / name)
     for sub in ("loras", "vae", "checkpoints"):
         (models / sub).mkdir(parents=True, exist_ok=True)
+    # single files as ComfyUI users have them, with ComfyUI's own tokenizer folder (8192 in its config)
+    from trainer.tiny.build import write_tiny_checkpoint
+    from trainer.tiny.tokenizers import write_comfyui_sd1_tokenizer
+
+    for family, name in (("sdxl", "TinySDXL"), ("sd15", "TinySD15")):
+        write_tiny_checkpoint(family, models / "checkpoints" / f"{name}.safetensors")
+    comfy_tokenizer = write_comfyui_sd1_tokenizer(tmp_path / "comfy" / "sd1_tokenizer")
+    monkeypatch.setattr(pack.nodes.model, "comfy_tokenizer_dir", lambda: str(comfy_tokenizer))
     shutil.copytree(star_dataset, tmp_path / "input" / "lora_dataset")
     sys.path.insert(0, str(ROOT / "tests"))
     from test_tagger_wd14 import TAGS, StandIn
@@ -71,12 +79,12 @@ def user_dirs(tmp_path, monkeypatch, tiny_models, star_dataset):
     return tmp_path
 
 
-def shrink(api: dict, family_folder: str, lora_file: str | None) -> dict:
+def shrink(api: dict, model: str, lora_file: str | None) -> dict:
     """Swap real model names for tiny ones and sizes for 64 px (the graph itself stays as shipped)."""
     for node in api.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "LT_KolorsSDXLLoader":
-            inputs.update(model=f"diffusers/{family_folder}", dtype="fp32")
+            inputs.update(model=model, dtype="fp32")
         elif kind == "LT_AutoTagger":
             inputs["tagger"] = "wd14/standin"
         elif kind == "LT_LoraLoad" and lora_file:
@@ -93,12 +101,15 @@ def shrink(api: dict, family_folder: str, lora_file: str | None) -> dict:
     return {k: v for k, v in api.items() if v["class_type"] not in CORE_OUTPUT_NODES}
 
 
-@pytest.mark.parametrize("name,family", [("kolors_example.json", "Kolors"), ("kolors_lora_example.json", "Kolors"),
-                                         ("kolors_train_then_generate.json", "Kolors"),
-                                         ("sdxl_train_then_generate.json", "TinySDXL"),
-                                         ("sd15_train_then_generate.json", "TinySD15"),
-                                         ("dataset_prep.json", "Kolors")])
-def test_workflow_runs_on_tiny_models(pack, user_dirs, name, family):
+@pytest.mark.parametrize("name,model", [("kolors_example.json", "diffusers/Kolors"),
+                                        ("kolors_lora_example.json", "diffusers/Kolors"),
+                                        ("kolors_train_then_generate.json", "diffusers/Kolors"),
+                                        ("sdxl_train_then_generate.json", "checkpoints/TinySDXL.safetensors"),
+                                        ("sd15_train_then_generate.json", "checkpoints/TinySD15.safetensors"),
+                                        ("sdxl_train_then_generate.json", "diffusers/TinySDXL"),
+                                        ("sd15_train_then_generate.json", "diffusers/TinySD15"),
+                                        ("dataset_prep.json", "diffusers/Kolors")])
+def test_workflow_runs_on_tiny_models(pack, user_dirs, name, model):
     from graph_runner import run_graph
 
     lora = None
@@ -111,6 +122,6 @@ def test_workflow_runs_on_tiny_models(pack, user_dirs, name, family):
         lora = "epoch=0-step=500.ckpt"
         torch.save({"state_dict": state, "epoch": 0, "global_step": 500}, user_dirs / "models" / "loras" / lora)
     workflow = json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
-    api = shrink(ui_to_api(workflow, pack.nodes.NODE_CLASS_MAPPINGS), family, lora)
+    api = shrink(ui_to_api(workflow, pack.nodes.NODE_CLASS_MAPPINGS), model, lora)
     outputs = run_graph(pack, api)
     assert outputs
