@@ -32,6 +32,7 @@ def folder_fingerprint(folder: Path) -> str:
 def write_image_inputs(images, captions: str, caption_extension: str) -> Path:
     """IMAGE inputs + caption lines as a dataset folder under output/lora_trainer/inputs/<content hash>/."""
     from ..trainer.atomic import save_image, write_text
+    from ..trainer.names import inside
     from .images import to_pil
 
     lines = captions.splitlines()
@@ -40,7 +41,7 @@ def write_image_inputs(images, captions: str, caption_extension: str) -> Path:
     for i, img in enumerate(to_pil(images)):
         save_image(folder / f"{i:04d}.png", img)
         if i < len(lines) and lines[i].strip():
-            write_text(folder / f"{i:04d}{caption_extension}", lines[i].strip())
+            write_text(inside(folder, f"{i:04d}{caption_extension}"), lines[i].strip())  # an extension, not a path
     return folder
 
 

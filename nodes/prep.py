@@ -125,6 +125,7 @@ class SmartCrop:
         from ..trainer.atomic import save_image
         from ..trainer.data.smart_crop import smart_crop
         from ..trainer.data.images import open_rgb
+        from ..trainer.data.subject_detect import face_detector_note
 
         width, height = (custom_width, custom_height) if size == "custom" else map(int, size.split("x"))
         key = hashlib.sha256(f"{dataset.root}|{mode}|{width}x{height}".encode()).hexdigest()[:12]
@@ -144,6 +145,9 @@ class SmartCrop:
         summary = (f"{len(items)} images cropped to {width}x{height} ({mode}): "
                    + ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
                    + (f"; {upscaled} small images were upscaled" if upscaled else ""))
+        note = face_detector_note() if mode == "focus" else None
+        if note:  # e.g. OpenCV 5 without a face model: say so where the user looks
+            summary += "\n" + note
         return (replace(dataset, items=items), summary)
 
 

@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from conftest import paint
@@ -114,21 +115,26 @@ def test_apply_edits_all_images_and_one_image_without_touching_disk(tmp_path):
 # --- reading ---------------------------------------------------------------------------------
 
 
-def test_read_captions_bom_missing_and_reports_every_undecodable(tmp_path):
+def test_read_captions_bom_other_encodings_missing_and_reports_every_undecodable(tmp_path):
     root = tmp_path / "ds"
-    for name in ("a", "b", "c", "d", "e"):
+    for name in ("a", "b", "c", "d", "e", "f", "g"):
         paint(root / "3_x" / f"{name}.png")
     (root / "3_x" / "a.txt").write_bytes("\ufeffniña, smile\n".encode("utf-8"))  # BOM
     (root / "3_x" / "b.txt").write_bytes("plain".encode("utf-8"))
-    (root / "3_x" / "c.txt").write_bytes("ni\xf1a".encode("latin-1"))  # not UTF-8
-    (root / "3_x" / "d.txt").write_bytes("hi".encode("utf-16"))  # UTF-16 with BOM
+    (root / "3_x" / "c.txt").write_bytes("ni\xf1a".encode("cp1252"))  # Western Windows "ANSI"
+    (root / "3_x" / "d.txt").write_bytes("hi".encode("utf-16"))  # Notepad's "Unicode" (UTF-16 with BOM)
+    rng = np.random.default_rng(1)
+    (root / "3_x" / "f.txt").write_bytes(rng.integers(0, 256, 64, dtype=np.uint8).tobytes())  # not text
+    (root / "3_x" / "g.txt").write_bytes(rng.integers(0, 256, 200, dtype=np.uint8).tobytes())
     result = read_captions(root)
     cap = {p.name: c for p, c in result.captions.items()}
     assert cap["a.png"] == "niña, smile" and cap["b.png"] == "plain"
+    assert cap["c.png"] == "niña" and cap["d.png"] == "hi"
+    assert {p.name: e for p, e in result.encodings.items()} == {"c.txt": "cp1252", "d.txt": "utf_16"}
     assert [p.name for p in result.missing] == ["e.png"]
-    assert [p.name for p, _ in result.problems] == ["c.txt", "d.txt"]
-    assert "UTF-8" in result.problems[0][1] and "UTF-16" in result.problems[1][1]
-    assert cap["c.png"] == "" and cap["d.png"] == ""
+    assert [p.name for p, _ in result.problems] == ["f.txt", "g.txt"]
+    assert all(reason.startswith("not text (no text encoding fits its bytes") for _, reason in result.problems)
+    assert cap["f.png"] == "" and cap["g.png"] == ""
 
 
 # --- writing ---------------------------------------------------------------------------------

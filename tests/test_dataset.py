@@ -1,5 +1,7 @@
 """Dataset v1: kohya folders, captions, fitting to the training size, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -62,7 +64,7 @@ def test_truncated_image_is_named_before_training(tmp_path):
     good = paint(tmp_path / "1_a" / "good.png", size=(128, 128))
     data = good.read_bytes()
     (tmp_path / "1_a" / "broken.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(TrainerError, match=r"broken\.png.*corrupt or truncated"):
+    with pytest.raises(TrainerError, match=r"1_a/broken\.png: truncated PNG file"):
         load_dataset(tmp_path)
 
 
@@ -74,8 +76,8 @@ def test_garbage_with_image_extension(tmp_path):
 
 def test_undecodable_caption_is_named(tmp_path):
     paint(tmp_path / "x.png")
-    (tmp_path / "x.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(TrainerError, match=r"x\.txt is not UTF-8"):
+    (tmp_path / "x.txt").write_bytes(np.random.default_rng(3).integers(0, 256, 96, dtype=np.uint8).tobytes())
+    with pytest.raises(TrainerError, match=r"x\.txt: not text \(no text encoding fits its bytes"):
         load_dataset(tmp_path)
 
 
@@ -127,7 +129,7 @@ def test_enormous_image_refused_before_decoding(tmp_path, monkeypatch):
 
     monkeypatch.setattr(images, "MAX_PIXELS", 100)
     paint(tmp_path / "big.png", size=(20, 20))
-    with pytest.raises(TrainerError, match=r"big\.png: 20x20 is over"):
+    with pytest.raises(TrainerError, match=r"big\.png: too large \(20x20 is over"):
         open_rgb(tmp_path / "big.png")
 
 
@@ -141,3 +143,83 @@ def test_diffsynth_metadata_csv_and_jsonl_datasets(tmp_path):
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "b.png", "text": "b"}\n{"file_name": "zz.png", "text": "x"}\n')
     with pytest.raises(TrainerError, match="zz.png"):
         load_dataset(tmp_path)
+
+
+def _broken_files(folder, good):
+    """One file of each kind of damage next to ``good`` (a painted PNG); {name: expected reason}."""
+    import io
+
+    png = good.read_bytes()
+    (folder / "half.png").write_bytes(png[: len(png) // 2])
+    jpeg = io.BytesIO()
+    Image.open(good).convert("RGB").save(jpeg, "JPEG")
+    (folder / "cut.jpg").write_bytes(jpeg.getvalue()[:300])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    (folder / "notes.webp").write_bytes(b"just some text with an image extension")
+    paint(folder / "huge.png", size=(120, 120))
+    return {"half.png": "truncated PNG file", "cut.jpg": "truncated JPEG file", "empty.png": "empty file (0 bytes)",
+            "page.jpg": "not an image: HTML/XML text", "notes.webp": "not an image",
+            "huge.png": "too large (120x120 is over"}
+
+
+def test_every_unreadable_image_and_caption_is_named_in_one_error(tmp_path, monkeypatch):
+    import trainer.data.images as images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100 * 100)  # huge.png is 120x120
+    good = paint(tmp_path / "5_a" / "good.png", size=(96, 96))
+    expected = _broken_files(tmp_path / "5_a", good)
+    paint(tmp_path / "root_ok.png")
+    (tmp_path / "root_ok.txt").write_bytes(np.random.default_rng(0).integers(0, 256, 80, dtype=np.uint8).tobytes())
+    with pytest.raises(TrainerError) as err:
+        load_dataset(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"7 files in {tmp_path} cannot be used: ")
+    for name, reason in expected.items():
+        assert f"5_a/{name}: {reason}" in message, (name, message)
+    assert "root_ok.txt: not text (no text encoding fits its bytes" in message
+    assert "good.png" not in message and "root_ok.png" not in message
+
+
+def test_non_utf8_captions_are_read_and_their_encoding_noted(tmp_path):
+    captions = {"cn.txt": ("一只可爱的小猫, 高清", "gb18030"), "fr.txt": ("1girl, niña, café, smile", "cp1252"),
+                "u16.txt": ("ltchar, 猫", "utf-16"), "bom.txt": ("smile, 猫", "utf-8-sig"), "plain.txt": ("ltchar", "utf-8")}
+    for name, (text, encoding) in captions.items():
+        paint(tmp_path / "2_x" / name.replace(".txt", ".png"))
+        (tmp_path / "2_x" / name).write_bytes(text.encode(encoding))
+    data = load_dataset(tmp_path)
+    assert {item.path.stem + ".txt": item.caption for item in data.items} == {n: t for n, (t, _) in captions.items()}
+    encoding_notes = sorted(n for n in data.notes if "is not UTF-8" in n)
+    assert [n.split(" (")[0] for n in encoding_notes] == [
+        "caption 2_x/cn.txt is not UTF-8: read as gb18030", "caption 2_x/fr.txt is not UTF-8: read as cp1252",
+        "caption 2_x/u16.txt is not UTF-8: read as utf_16"]
+
+
+def test_the_run_logs_the_encoding_and_a_cache_names_every_image_that_broke(tiny_models, tmp_path):
+    from trainer.train.loop import Callbacks, train
+
+    folder = tmp_path / "data" / "3_ltx"
+    for i in range(4):
+        paint(folder / f"{i}.png", colour=(40 * i, 90, 200))
+    (folder / "0.txt").write_bytes("一只可爱的小猫, 高清".encode("gb18030"))
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_models("sd15")), train_data_dir=str(tmp_path / "data"),
+                         resolution="64", network_dim=4, train_batch_size=1, max_train_steps=1,
+                         output_dir=str(tmp_path / "out"), output_name="enc")
+    logs = []
+    train(config, callbacks=Callbacks(log=logs.append))
+    assert any(line.startswith("note: caption 3_ltx/0.txt is not UTF-8: read as gb18030") for line in logs), logs
+
+    dataset = load_dataset(tmp_path / "data")  # checked fine, then files break before caching
+    (folder / "1.png").write_bytes(b"")
+    (folder / "2.png").write_bytes((folder / "0.png").read_bytes()[:60])
+    for to_disk in (False, True):  # the disk cache reads each file's bytes (its key) before decoding
+        with pytest.raises(TrainerError) as err:
+            train(dataclasses.replace(config, cache_latents=True, cache_latents_to_disk=to_disk), dataset=dataset)
+        message = str(err.value)
+        assert message.startswith("2 files in ") and "3_ltx/1.png: empty file (0 bytes)" in message
+        assert "3_ltx/2.png: truncated PNG file" in message
+    (folder / "3.png").unlink()
+    with pytest.raises(TrainerError) as err:
+        train(dataclasses.replace(config, cache_latents=True), dataset=dataset)
+    assert str(err.value).startswith("3 files in ")
+    assert "3_ltx/3.png: cannot be opened (No such file or directory)" in str(err.value)

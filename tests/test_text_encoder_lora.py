@@ -31,6 +31,6 @@ def test_inject_train_drop_and_inject_again(tiny_models):
     torch.testing.assert_close(encode(encoder, ids), plain)
 
     drop_adapter(encoder, ADAPTER)
-    assert ADAPTER not in encoder.peft_config
+    assert ADAPTER not in getattr(encoder, "peft_config", {})
     assert not [n for n, _ in encoder.named_parameters() if f".{ADAPTER}." in n]
     torch.testing.assert_close(encode(encoder, ids), plain)

@@ -1,15 +1,17 @@
-"""Caption files on disk: reading them (UTF-8 with or without BOM, problems reported, not
-raised) and writing them atomically beside their images with a backup of what was overwritten."""
+"""Caption files on disk: reading them (UTF-8 with or without BOM; any other encoding through
+caption_encoding, which names the one it used; problems reported, not raised) and writing them
+atomically beside their images, as UTF-8, with a backup of what was overwritten."""
 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_bytes, write_text
 from ..errors import TrainerError
 from .caption_edit import EditedCaption, _entries, _image_and_caption
+from .caption_encoding import caption_problem, decode_text, read_caption_file
 from .images import IMAGE_EXTENSIONS
 
 BACKUP_FOLDER = ".caption_backups"
@@ -18,13 +20,14 @@ class CaptionRead:
     captions: dict[Path, str]  # image -> caption text ("" for a missing or unreadable file)
     missing: list[Path]  # images without a caption file
     problems: list[tuple[Path, str]]  # (caption file, why it could not be read)
+    encodings: dict[Path, str] = field(default_factory=dict)  # caption file -> encoding, when not UTF-8
 
 
 def decode_caption(data: bytes) -> str:
-    """UTF-8 with or without BOM; UnicodeDecodeError otherwise (UTF-16 is named as such)."""
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise UnicodeDecodeError("utf-16", data, 0, 2, "UTF-16 byte-order mark (Notepad's 'Unicode')")
-    return data.decode("utf-8-sig")
+    """The caption text in whatever encoding it was saved (see caption_encoding);
+    UnicodeDecodeError when the bytes are no text at all."""
+    return decode_text(data).text
+
 
 
 def _image_paths(source) -> list[Path]:
@@ -55,6 +58,7 @@ def read_captions(source, caption_extension: str = ".txt") -> CaptionRead:
     captions: dict[Path, str] = {}
     missing: list[Path] = []
     problems: list[tuple[Path, str]] = []
+    encodings: dict[Path, str] = {}
     for image in _image_paths(source):
         path = _caption_path(image, caption_extension)
         captions[image] = ""
@@ -62,12 +66,14 @@ def read_captions(source, caption_extension: str = ".txt") -> CaptionRead:
             missing.append(image)
             continue
         try:
-            captions[image] = decode_caption(path.read_bytes()).strip()
-        except UnicodeDecodeError as err:
-            problems.append((path, f"not UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8"))
-        except OSError as err:
-            problems.append((path, f"cannot be read ({err.strerror or err}); check its permissions"))
-    return CaptionRead(captions, missing, problems)
+            decoded = read_caption_file(path)
+        except (UnicodeDecodeError, OSError) as err:
+            problems.append((path, caption_problem(err)))
+            continue
+        captions[image] = decoded.text.strip()
+        if not decoded.is_utf8:
+            encodings[path] = decoded.encoding
+    return CaptionRead(captions, missing, problems, encodings)
 
 
 @dataclass

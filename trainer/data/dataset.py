@@ -3,11 +3,12 @@
     my_dataset/
       10_ltchar/       -> 10 repeats, class token "ltchar"
         001.png
-        001.txt        -> caption (UTF-8, with or without BOM)
+        001.txt        -> caption (UTF-8 with or without BOM, or any encoding charset-normalizer
+                          detects; the encoding used is noted)
       extra.jpg        -> images in the root use dataset_repeats and the configured trigger word
 
-Everything is checked before training starts, so a bad file stops the run with one message
-naming it instead of failing hours later.
+Everything is checked before training starts, so bad files stop the run with one message naming
+every one of them (and what is wrong with each) instead of failing hours later.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TrainerError
-from .images import IMAGE_EXTENSIONS, open_rgb
+from .caption_encoding import caption_problem, read_caption_file
+from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, unreadable_message
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
@@ -84,34 +86,51 @@ class Dataset:
         return {k: dict(v) for k, v in freq.items()}
 
 
-def read_caption(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig").strip()
-    except UnicodeDecodeError as err:
-        raise TrainerError(
-            f"Caption {path} is not UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8.") from None
+class _Checks:
+    """What a dataset scan found wrong (every file, not the first) and the encodings it used."""
+
+    def __init__(self, notes: list):
+        self.notes, self.problems = notes, []
+
+    def image_size(self, path: Path) -> tuple[int, int]:
+        """Fully decode once: catches corrupt and truncated files up front; (width, height)."""
+        try:
+            return open_rgb(path).size
+        except UnreadableImage as err:
+            self.problems.append((path, err.reason))
+            return (0, 0)
+
+    def caption(self, path: Path) -> str:
+        try:
+            decoded = read_caption_file(path)
+        except (UnicodeDecodeError, OSError) as err:
+            self.problems.append((path, caption_problem(err)))
+            return ""
+        if not decoded.is_utf8:
+            self.notes.append(f"caption {path.parent.name}/{path.name} is not UTF-8: read as {decoded.encoding} "
+                              "(re-save it as UTF-8 if the text looks wrong)")
+        return decoded.text.strip()
+
+    def raise_if_any(self, root: Path) -> None:
+        if self.problems:
+            raise TrainerError(unreadable_message(self.problems, root))
 
 
-def _check_image(path: Path) -> tuple[int, int]:
-    """Fully decode once: catches corrupt and truncated files up front; returns (width, height)."""
-    return open_rgb(path).size
-
-
-def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str, notes: list) -> list[ImageItem]:
+def _scan(folder: Path, repeats: int, label: str, trigger: str, caption_ext: str, checks: _Checks) -> list[ImageItem]:
     items = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         suffix = path.suffix.lower()
         if suffix not in IMAGE_EXTENSIONS:
             if suffix != caption_ext.lower() and not path.name.startswith("."):
-                notes.append(f"skipped {path.name}: not an image")
+                checks.notes.append(f"skipped {path.name}: not an image")
             continue
-        size = _check_image(path)
+        size = checks.image_size(path)
         caption_file = path.with_suffix(caption_ext)
-        caption = read_caption(caption_file) if caption_file.is_file() else ""
+        caption = checks.caption(caption_file) if caption_file.is_file() else ""
         if not caption:
             caption = trigger
             if not caption:
-                notes.append(f"{path.name} has no caption and no trigger word: it trains unconditioned")
+                checks.notes.append(f"{path.name} has no caption and no trigger word: it trains unconditioned")
         items.append(ImageItem(path, caption, repeats, label, size=size))
     return items
 
@@ -125,11 +144,13 @@ def _from_caption_list(root: Path, repeats: int, trigger: str) -> Dataset | None
 
     for name in CAPTION_LISTS:
         if (root / name).is_file():
-            items = [ImageItem(path, caption or trigger, repeats, "", size=_check_image(path))
+            checks = _Checks([f"captions from {name}"])
+            items = [ImageItem(path, caption or trigger, repeats, "", size=checks.image_size(path))
                      for path, caption in read_caption_list(root / name, root)]
             if not items:
                 raise TrainerError(f"{root / name} lists no images: add rows of file_name,text.")
-            return Dataset(root, items, [f"captions from {name}"])
+            checks.raise_if_any(root)
+            return Dataset(root, items, checks.notes)
     return None
 
 
@@ -141,10 +162,11 @@ def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extensi
     if not caption_extension.startswith("."):
         caption_extension = "." + caption_extension
     notes: list[str] = []
+    checks = _Checks(notes)
     listed = _from_caption_list(root, repeats, trigger_word)
     if listed is not None:
         return listed
-    items = _scan(root, repeats, "", trigger_word, caption_extension, notes)
+    items = _scan(root, repeats, "", trigger_word, caption_extension, checks)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = KOHYA_FOLDER.match(sub.name)
         if not match:
@@ -154,7 +176,8 @@ def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extensi
         if sub_repeats < 1:
             notes.append(f"ignored folder {sub.name}: 0 repeats")
             continue
-        items += _scan(sub, sub_repeats, sub.name, class_token or trigger_word, caption_extension, notes)
+        items += _scan(sub, sub_repeats, sub.name, class_token or trigger_word, caption_extension, checks)
+    checks.raise_if_any(root)
     if not items:
         skipped = f" ({len(notes)} other files/folders skipped)" if notes else ""
         raise TrainerError(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import TrainerError
 
@@ -26,23 +26,82 @@ class FittedImage:
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
 
 
+class UnreadableImage(TrainerError):
+    """An image file that cannot be used; ``reason`` says what is wrong with it (no file name, no
+    ';': unreadable_message joins reasons with it)."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"Cannot read image {path}: {reason}. Re-export it or remove it from the folder.")
+
+
+# first bytes of the formats PIL reads here, to tell a damaged image from a file that is no image
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_NOT_IMAGES = ((b"<", "HTML/XML text (a web page saved instead of the picture?)"), (b"%PDF", "a PDF document"),
+               (b"PK\x03\x04", "a ZIP archive"), (b"{", "JSON text"))
+
+
+def _image_format(head: bytes) -> str | None:
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+
+
+def describe_problem(path: Path, err: BaseException) -> str:
+    """What is wrong with an image file PIL could not read: empty, truncated, damaged, not an image."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as read_err:
+        return f"cannot be opened ({read_err.strerror or read_err})"
+    if not head:
+        return "empty file (0 bytes)"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too large ({err})"
+    fmt = _image_format(head)
+    text = "its header cannot be parsed" if isinstance(err, UnidentifiedImageError) else str(err)
+    if fmt and "truncated" in text.lower():
+        return f"truncated {fmt} file (it ends early: an interrupted copy or download)"
+    if fmt:
+        return f"damaged {fmt} file ({text})"
+    if isinstance(err, UnidentifiedImageError):
+        what = next((name for magic, name in _NOT_IMAGES if head.lstrip().startswith(magic)), None)
+        return f"not an image: {what}" if what else "not an image (no picture format PIL knows starts this file)"
+    return f"corrupt ({text})"
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """Open ``path`` fully decoded, upright, 8-bit RGB; TrainerError naming the file otherwise."""
+    """Open ``path`` fully decoded, upright, 8-bit RGB; UnreadableImage (a TrainerError naming the
+    file and what is wrong) otherwise."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
-                raise TrainerError(
-                    f"{path}: {img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} MP limit; "
-                    "downscale it (training uses 512-1024 px anyway).")
+                raise UnreadableImage(path, f"too large ({img.width}x{img.height} is over the "
+                                            f"{MAX_PIXELS // 1_000_000} MP limit, downscale it: training uses "
+                                            "512-1024 px anyway)")
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
     except TrainerError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise TrainerError(
-            f"Cannot read image {path}: {err}. The file is corrupt or truncated: re-export it or "
-            "remove it from the folder.") from None
+        raise UnreadableImage(path, describe_problem(path, err)) from None
+
+
+def unreadable_message(problems: list[tuple[Path, str]], root: Path | None = None) -> str:
+    """One message naming every unreadable file and what is wrong with it (paths under ``root``
+    relative to it)."""
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(root)) if root else str(path)
+        except ValueError:
+            return str(path)
+
+    listed = "; ".join(f"{name(path)}: {reason}" for path, reason in problems)
+    where = f" in {root}" if root else ""
+    count = f"{len(problems)} files" if len(problems) > 1 else "1 file"
+    return f"{count}{where} cannot be used: {listed}. Fix or remove them, then run again."
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

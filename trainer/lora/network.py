@@ -69,6 +69,8 @@ def drop_adapter(module, adapter_name: str) -> None:
         if isinstance(layer, BaseTunerLayer) and adapter_name in layer.scaling:
             layer.delete_adapter(adapter_name)
     del configs[adapter_name]
+    if not configs:  # as before the first injection: the next one starts without a stale config
+        del module.peft_config
 
 
 def _trainable(module, adapter_name: str, targets) -> list:
