@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 try:  # inside ComfyUI
     import comfy.model_management as model_management
@@ -45,24 +45,47 @@ def list_files(kind: str, suffixes=(".safetensors",)) -> list[str]:
             pass
     out = []
     for folder in model_folders(kind):
-        if folder.is_dir():
-            out += [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.suffix.lower() in suffixes]
-    return out
+        seen = set()  # real folders walked: a link back up must not loop
+        # symlinked files and sub-folders count, as in ComfyUI's own listing
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            seen.add(os.path.realpath(root))
+            dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen)
+            out += [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in sorted(files)
+                    if f.lower().endswith(suffixes) and os.path.isfile(os.path.join(root, f))]
+    return list(dict.fromkeys(out))
 
 
 def list_model_dirs(kind: str = "diffusers") -> list[str]:
-    """Sub-folders holding a diffusers model (a unet/ folder inside)."""
+    """Sub-folders (or symlinks to folders) holding a diffusers model (a unet/ folder inside)."""
     out = []
     for folder in model_folders(kind):
         if folder.is_dir():
             out += [p.name for p in sorted(folder.iterdir()) if (p / "unet").is_dir()]
-    return out
+    return list(dict.fromkeys(out))
+
+
+def safe_relative(name: str) -> str | None:
+    """``name`` as a path below a models folder, or None when it would leave it (``..``, an
+    absolute path, a drive). Checked on the name only: what a symlink inside points to is the
+    user's choice, and ComfyUI follows links too."""
+    if not name or PureWindowsPath(name).anchor or os.path.isabs(name):
+        return None
+    relative = os.path.normpath(name)
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None
+    return relative
 
 
 def full_path(kind: str, name: str) -> Path | None:
+    """The file or folder ``name`` in the first of ``kind``'s folders that has it, links
+    followed; None when no folder has it or the name leaves its folder. Only for reading:
+    writing goes through a sanitised file name (lora.py)."""
+    relative = safe_relative(name)
+    if relative is None:
+        return None
     for folder in model_folders(kind):
-        candidate = (folder / name).resolve()
-        if candidate.exists() and folder.resolve() in candidate.parents:
+        candidate = Path(folder) / relative
+        if candidate.exists():
             return candidate
     return None
 
@@ -95,10 +118,11 @@ def input_dir() -> Path:
 
 
 class Progress:
-    """ComfyUI's progress bar (which also powers the Cancel button) or nothing."""
+    """ComfyUI's progress bar or nothing. ComfyUI's Cancel arrives through it: its progress hook raises
+    InterruptProcessingException from update() (the training loop keeps the state when that happens)."""
 
     def __init__(self, total: int, node_id=None):
-        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if IN_COMFY else None
+        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if comfy_utils is not None else None
         self.total = total
 
     def update(self, value: int, preview=None) -> None:
@@ -115,11 +139,11 @@ def send_event(event: str, data: dict) -> None:
 
 
 def interrupted() -> bool:
-    return bool(IN_COMFY and model_management.processing_interrupted())
+    return bool(model_management is not None and model_management.processing_interrupted())
 
 
 def raise_if_interrupted() -> None:
-    if IN_COMFY:
+    if model_management is not None:
         model_management.throw_exception_if_processing_interrupted()
 
 

@@ -20,13 +20,14 @@ def write_headless_run(config, dataset, run_dir: Path, model_settings: dict | No
     ``model_settings``: config values the CLI needs to load the same model (vae, tokenizer_dir...)."""
     from ..trainer.atomic import write_text
     from ..trainer.data.manifest import write_manifest
+    from ..trainer.names import inside
 
-    name = config.output_name
-    manifest = write_manifest(dataset, run_dir / f"{name}_dataset.jsonl")
+    name = config.output_name  # made safe by TrainConfig
+    manifest = write_manifest(dataset, inside(run_dir, f"{name}_dataset.jsonl"))
     # the manifest already holds the regularization images; resume is the node's own business
     headless = dataclasses.replace(config, dataset_manifest=str(manifest), train_data_dir="", reg_data_dir="",
                                    resume="", **(model_settings or {}))
-    toml = write_text(run_dir / f"{name}.toml", headless.to_toml())
+    toml = write_text(inside(run_dir, f"{name}.toml"), headless.to_toml())
     lines = [f'Same training headless: cd "{PACK_DIR}", then one of',
              f'  python -m trainer train --config "{toml}"',
              f'  torchrun --nproc_per_node <GPUs> -m trainer train --config "{toml}"',

@@ -6,22 +6,21 @@ import re
 from pathlib import Path
 
 from ..trainer.errors import TrainerError
+from ..trainer.names import inside, safe_name
+from ..trainer.save_fallback import save_with_fallback
 from . import comfy_env
 
 
-def safe_name(name: str) -> str:
-    stem = re.sub(r"[^\w.\- ]+", "_", Path(name.strip()).name).strip(" ._")
-    stem = re.sub(r"\.safetensors$", "", stem, flags=re.IGNORECASE)
-    if not stem:
-        raise TrainerError("LoRA Save: give a file name (letters, digits, _ - .).")
-    return stem
+def lora_stem(name: str) -> str:
+    """The widget's name as a safe file stem (trainer/names.py), without a typed .safetensors."""
+    return safe_name(re.sub(r"\.safetensors\s*$", "", name.strip(), flags=re.IGNORECASE), default="my_lora")
 
 
 def free_path(folder: Path, stem: str, overwrite: bool) -> Path:
-    path = folder / f"{stem}.safetensors"
+    path = inside(folder, f"{stem}.safetensors")
     n = 1
     while path.exists() and not overwrite:
-        path, n = folder / f"{stem}_{n}.safetensors", n + 1
+        path, n = inside(folder, f"{stem}_{n}.safetensors"), n + 1
     return path
 
 
@@ -50,5 +49,9 @@ class LoraSave:
         from ..trainer.lora.kohya_format import save_lora
 
         folder = comfy_env.model_folders("loras")[0]
-        path = save_lora(lora, free_path(folder, safe_name(name), overwrite), precision, layout=format)
+        stem = lora_stem(name)
+        path, problem = save_with_fallback(lambda target: save_lora(lora, target, precision, layout=format),
+                                           free_path(folder, stem, overwrite), stem, "LoRA")
+        if problem:
+            raise TrainerError(f"LoRA Save: {problem} Free some disk space, or copy it into models/loras yourself.")
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}

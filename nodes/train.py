@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from . import comfy_env
@@ -103,9 +102,10 @@ class LoraTrain:
     def train(self, pipeline, dataset, options=None, sample_prompt="", unique_id=None, **widget_values):
         from ..trainer.chart import loss_chart
         from ..trainer.config import TrainConfig
+        from ..trainer.names import inside, safe_name
         from ..trainer.train.loop import Callbacks, train
 
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", widget_values["output_name"]).strip("._") or "lora"
+        name = safe_name(widget_values["output_name"])
         preset = widget_values.get("preset", "none")
         # with a preset, only the widgets the user changed override it
         chosen = dict(widget_values) if preset == "none" else changed_widgets(widget_values)
@@ -117,7 +117,7 @@ class LoraTrain:
         if prompts:
             values.setdefault("sample_prompts", prompts)
             values.setdefault("sample_every_n_epochs", 1)
-        run_dir = comfy_env.output_dir() / "lora_trainer" / name
+        run_dir = inside(comfy_env.output_dir() / "lora_trainer", name)
         values.update(output_dir=str(run_dir), pretrained_model_name_or_path=pipeline.source)
         config = TrainConfig.from_dict(values, source="LoRA Train")
         state = run_dir / f"{name}-state" / "progress.json"

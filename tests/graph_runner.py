@@ -1,7 +1,13 @@
 """A small stand-in for ComfyUI's executor: validates an API-format graph against the nodes'
-INPUT_TYPES and runs it in dependency order under torch.inference_mode(), as ComfyUI does."""
+INPUT_TYPES and runs it in dependency order under torch.inference_mode(), as ComfyUI does. The
+pack's progress bars are ComfyUI's (comfy_standin.py): Cancel raises InterruptProcessingException
+from inside the progress bar's update, as the real server's hook does."""
+
+import contextlib
 
 import torch
+
+import comfy_standin
 
 
 def validate_input(cls, name, spec, value):
@@ -18,7 +24,29 @@ def validate_input(cls, name, spec, value):
         assert isinstance(value, str), (name, value)
 
 
-def run_graph(pack, graph: dict) -> dict:
+@contextlib.contextmanager
+def comfy_services(env, cancel_when=None, cancel_after=None, progress=None):
+    """The stand-in progress bar and interrupt flag in ``env`` (the pack's comfy_env) for one prompt."""
+    saved = env.comfy_utils, env.model_management
+    env.comfy_utils, env.model_management = comfy_standin.utils, comfy_standin.model_management
+    comfy_standin.set_progress_bar_global_hook(comfy_standin.server_hook(cancel_when, cancel_after, progress))
+    comfy_standin.interrupt_current_processing(False)  # each prompt starts uninterrupted, as in ComfyUI
+    try:
+        yield
+    finally:
+        env.comfy_utils, env.model_management = saved
+        comfy_standin.set_progress_bar_global_hook(None)
+
+
+def run_graph(pack, graph: dict, cancel_when=None, cancel_after=None, progress=None) -> dict:
+    """Run ``graph``. ``cancel_when`` / ``cancel_after`` (value, total) -> bool press Cancel while
+    or just after a progress bar moves there (comfy_standin.server_hook); the prompt then ends with
+    comfy_standin.InterruptProcessingException. ``progress`` collects every (value, total) shown."""
+    with comfy_services(pack.nodes.comfy_env, cancel_when, cancel_after, progress):
+        return _run_graph(pack, graph)
+
+
+def _run_graph(pack, graph: dict) -> dict:
     mappings = pack.nodes.NODE_CLASS_MAPPINGS
     outputs, done = {}, set()
 

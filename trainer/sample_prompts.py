@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import save_image
+from .names import inside
+from .save_fallback import save_with_fallback
 
 OPTION = re.compile(r"\s--([nwhdsl])\s")
 
@@ -38,8 +40,9 @@ def parse_prompt_line(line: str) -> SamplePrompt:
     return sample
 
 
-def write_samples(model, config, folder: Path, tag: str = "") -> dict[str, Path]:
-    """Generate every prompt of ``config.sample_prompts``; returns {name: png path}."""
+def write_samples(model, config, folder: Path, tag: str = "", log=print) -> dict[str, Path]:
+    """Generate every prompt of ``config.sample_prompts``; returns {name: png path}. A sample that
+    cannot be written (a full disk) goes to the temp folder with a warning: training goes on."""
     from .sample import generate
 
     width, height = config.size()
@@ -50,5 +53,9 @@ def write_samples(model, config, folder: Path, tag: str = "") -> dict[str, Path]
                          s.steps or config.sample_steps, s.cfg if s.cfg is not None else config.sample_cfg,
                          s.width or width, s.height or height, config.sample_sampler)
         name = f"sample_{i:02d}{tag}"
-        files[name] = save_image(Path(folder) / f"{config.output_name}_{name}.png", image)
+        target = inside(folder, f"{config.output_name}_{name}.png")
+        files[name], problem = save_with_fallback(lambda path: save_image(path, image), target,
+                                                  config.output_name, "sample image")
+        if problem:
+            log(f"warning: {problem}")
     return files

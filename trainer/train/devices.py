@@ -34,6 +34,11 @@ def page_folder(config) -> Path:
     return Path(config.cache_dir or config.output_dir)
 
 
+def encoders_to_page(model, config, device: torch.device) -> list:
+    """The encoders offload_cached_encoders will page out to files (on the CPU only)."""
+    return _cached_encoders(model, config) if device.type == "cpu" else []
+
+
 def offload_cached_encoders(model, config, device: torch.device) -> None:
     """GPU: move the cached encoders to the CPU. CPU: page their weights out of RAM."""
     modules = _cached_encoders(model, config)

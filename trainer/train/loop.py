@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -25,10 +26,13 @@ from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_t
 from ..lora.network import (ADAPTER, add_text_encoder_lora, add_unet_lora, autocast_lora_inputs, conv_module_names,
                             lora_state_dict)
 from ..models.loader import LoadedModel, load_model
+from ..names import inside
+from ..save_fallback import save_with_fallback
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
-from .devices import (caching_in_order, encoders_on, offload_cached_encoders, release_text_encoders,
-                      restore_encoders, text_caching_placement, training_placement)
+from .devices import (caching_in_order, encoders_on, encoders_to_page, offload_cached_encoders,
+                      release_text_encoders, restore_encoders, text_caching_placement, training_placement)
+from .disk_space import cache_needs, check_free_space, save_needs
 from .evaluate import dataset_loss
 from .host_memory import reuse_freed_memory
 from .optim import build_lr_scheduler, build_optimizer
@@ -175,6 +179,8 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         cb.log("note: Kolors' ChatGLM text encoder stays frozen; text_encoder_lr is ignored")
     text_from = TextSource(model, diffusers_clip_skip(config.clip_skip), config.cache_text_encoder_outputs,
                            cache_dir if config.cache_text_encoder_outputs_to_disk else None, bool(te_names))
+    check_free_space(cache_dir, cache_needs(latents_from, text_from, [item.caption for item in dataset.items],
+                                            encoders_to_page(model, config, device)), "cache_dir", cb.log)
     latents_from.prepare(cb.log, dist.rank, dist.world)
     if ordered:
         text_caching_placement(model, config, device)
@@ -223,6 +229,9 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     procs = f" x {dist.world} processes" if dist.enabled else ""
     cb.log(f"{family.label}: {dataset.num_images} images x repeats = {dataset.num_train_samples}{reg} per epoch, "
            f"batch {config.train_batch_size}{procs} -> {steps} steps")
+    if dist.is_main:  # before the first step: do the LoRA, epoch saves and states fit on the drive?
+        check_free_space(config.output_dir, save_needs(config, params, family, dataset, buckets, steps, dist.world),
+                         log=cb.log)
     if cb.on_start:
         cb.on_start(steps, dataset)
 
@@ -241,6 +250,28 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
         if dist.is_main:
             save_state(state_dir(config), trainable, optimizer, lr_schedule, scaler, gen, caption_rng,
                        Progress(step, epoch, position, result.losses, samples, global_batch), config)
+
+    @contextlib.contextmanager
+    def saved_if_raised(position: int, samples: int):
+        """A UI may end the run by raising from a callback (ComfyUI's Cancel raises its interrupt
+        from the progress bar, i.e. inside on_step): the steps done so far are kept as a state,
+        exactly as a should_stop request keeps them, and the exception goes on."""
+        try:
+            yield
+        except BaseException:
+            checkpoint(position, samples)
+            cb.log(f"stopped at step {step}; resume with resume = \"{state_dir(config)}\"")
+            tidy()
+            raise
+
+    def tidy() -> None:
+        """The model as generating wants it: eval mode, every encoder back on the device."""
+        unet.eval()
+        for name in te_names:
+            getattr(model.pipe, name).eval()
+        if config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+        restore_encoders(model, device)
 
     def snapshot() -> TrainedLora:
         return extract_lora(model, config, dataset, step, epoch, started, buckets)
@@ -319,18 +350,19 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
                 result.losses.append(loss_sum / micro)
                 micro, loss_sum = 0, 0.0
                 step_times.append(time.perf_counter() - t0)
-                if len(step_times) == 3:
-                    per = float(np.median(step_times))
-                    cb.log(f"{per:.2f} s/step: about {per * (steps - step) / 60:.1f} min for the remaining "
-                           f"{steps - step} steps")
-                if cb.on_step:
-                    cb.on_step(step, steps, result.losses[-1])
-                if cb.on_loss:
-                    smoothed = 0.9 * smoothed + 0.1 * result.losses[-1] if step > 1 else result.losses[-1]
-                    cb.on_loss(step, result.losses[-1], smoothed)
-                if wants_samples(config, step, None):
-                    sample(f"_s{step:06d}")
-                stopped = step < steps and dist.any(bool(cb.should_stop and cb.should_stop()))
+                with saved_if_raised(position, samples):  # the step is done: a UI's interrupt keeps it
+                    if len(step_times) == 3:
+                        per = float(np.median(step_times))
+                        cb.log(f"{per:.2f} s/step: about {per * (steps - step) / 60:.1f} min for the remaining "
+                               f"{steps - step} steps")
+                    if cb.on_step:
+                        cb.on_step(step, steps, result.losses[-1])
+                    if cb.on_loss:
+                        smoothed = 0.9 * smoothed + 0.1 * result.losses[-1] if step > 1 else result.losses[-1]
+                        cb.on_loss(step, result.losses[-1], smoothed)
+                    if wants_samples(config, step, None):
+                        sample(f"_s{step:06d}")
+                    stopped = step < steps and dist.any(bool(cb.should_stop and cb.should_stop()))
                 if stopped:
                     checkpoint(position, samples)
                     cb.log(f"stopped at step {step}; resume with resume = \"{state_dir(config)}\"")
@@ -342,19 +374,16 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
             if position == len(batches) and not stopped:  # a whole epoch done
                 if config.save_every_n_epochs and epoch % config.save_every_n_epochs == 0 and step < steps \
                         and dist.is_main:
-                    result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log)
-                if wants_samples(config, step, epoch):
-                    sample(f"_e{epoch:06d}")
-                if validation_set is not None:
-                    validate(epoch)
+                    result.files[f"epoch_{epoch}"] = save_epoch(snapshot(), config, epoch, cb.log,
+                                                                keep_state=lambda: checkpoint(0, 0))
+                with saved_if_raised(0, 0):
+                    if wants_samples(config, step, epoch):
+                        sample(f"_e{epoch:06d}")
+                    if validation_set is not None:
+                        validate(epoch)
                 if config.save_state:
                     checkpoint(0, 0)
-    unet.eval()
-    for name in te_names:
-        getattr(model.pipe, name).eval()
-    if config.gradient_checkpointing:
-        unet.disable_gradient_checkpointing()
-    restore_encoders(model, device)
+    tidy()
     result.lora, result.steps, result.epochs = snapshot(), step, epoch
     result.seconds_per_step = float(np.median(step_times)) if step_times else 0.0
     result.stopped = stopped
@@ -363,14 +392,20 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
 
 
 def save_outputs(result: TrainResult, config: TrainConfig) -> dict[str, Path]:
-    """Write the LoRA, the loss CSV and the loss chart into ``config.output_dir``."""
+    """Write the LoRA, the loss CSV and the loss chart into ``config.output_dir``. A file that cannot
+    be written there (a full disk) goes to the temp folder, and an error names both places."""
     from ..chart import write_loss_chart, write_loss_csv
 
-    out = Path(config.output_dir)
-    files = {
-        "lora": save_lora(result.lora, out / f"{config.output_name}.safetensors", config.save_precision),
-        "loss_csv": write_loss_csv(result.losses, out / f"{config.output_name}_loss.csv"),
-        "loss_chart": write_loss_chart(result.losses, out / f"{config.output_name}_loss.png"),
-    }
+    name = config.output_name
+    writers = {"lora": ("LoRA", ".safetensors", lambda p: save_lora(result.lora, p, config.save_precision)),
+               "loss_csv": ("loss CSV", "_loss.csv", lambda p: write_loss_csv(result.losses, p)),
+               "loss_chart": ("loss chart", "_loss.png", lambda p: write_loss_chart(result.losses, p))}
+    files, problems = {}, []
+    for key, (what, suffix, write) in writers.items():
+        files[key], problem = save_with_fallback(write, inside(config.output_dir, name + suffix), name, what)
+        problems += [problem] if problem else []
     result.files.update(files)
+    if problems:
+        raise TrainerError(" ".join(problems) + " Free some disk space (or choose another output_dir) and move "
+                           "them from there.")
     return files

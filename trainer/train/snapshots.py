@@ -4,17 +4,34 @@ the newest ``save_last_n_epochs``, and samples at kohya's moments."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+from ..errors import TrainerError
 from ..lora.kohya_format import save_lora
+from ..names import inside
+from ..save_fallback import save_with_fallback
+from .state import state_dir
 
 
 def epoch_file(config, epoch: int) -> Path:
-    return Path(config.output_dir) / f"{config.output_name}-{epoch:06d}.safetensors"
+    return inside(config.output_dir, f"{config.output_name}-{epoch:06d}.safetensors")
 
 
-def save_epoch(lora, config, epoch: int, log=print) -> Path:
-    """Save the epoch's LoRA; delete epoch saves older than the newest ``save_last_n_epochs``."""
-    path = save_lora(lora, epoch_file(config, epoch), config.save_precision)
+def save_epoch(lora, config, epoch: int, log=print, keep_state: Callable[[], object] | None = None) -> Path:
+    """Save the epoch's LoRA; delete epoch saves older than the newest ``save_last_n_epochs``.
+
+    When the save fails (a full disk) the LoRA goes to the temp folder, ``keep_state`` saves the
+    training state (itself falling back to the temp folder), and the run stops saying where both are."""
+    path, problem = save_with_fallback(lambda target: save_lora(lora, target, config.save_precision),
+                                       epoch_file(config, epoch), config.output_name, f"epoch {epoch} LoRA")
+    if problem:
+        try:
+            if keep_state is not None:
+                keep_state()
+        except TrainerError as err:
+            raise TrainerError(f"{problem} {err}") from None
+        resume = f', then continue with resume = "{state_dir(config)}"' if keep_state is not None else ""
+        raise TrainerError(f"{problem} Training stopped: free some disk space (or choose another output_dir){resume}.")
     keep = config.save_last_n_epochs
     if keep:
         every = max(1, config.save_every_n_epochs)

@@ -20,7 +20,8 @@ from ..atomic import save_safetensors
 from ..data.dataset import Dataset
 from ..data.augment import Augment, augment_pixels, load_augmented
 from ..data.buckets import apply_bucket
-from ..data.images import FittedImage, load_fitted, open_rgb, to_tensor
+from ..data.images import FittedImage, UnreadableImage, load_fitted, open_rgb, to_tensor, unreadable_message
+from ..errors import TrainerError
 from ..families import Conditioning
 
 
@@ -112,8 +113,14 @@ class LatentSource:
         if not self.cache:
             return
         count = len(self.dataset.items)
+        problems = []  # every image that changed since the dataset check, not just the first
         for index in range(rank, count, world) if self.cache_dir else range(count):
-            self._cached(index)
+            try:
+                self._cached(index)
+            except UnreadableImage as err:
+                problems.append((err.path, err.reason))
+        if problems:
+            raise TrainerError(unreadable_message(problems, Path(self.dataset.root)))
         log(f"latents cached for {count} images ({self.vae_calls} VAE calls)")
 
     def batch(self, indices: list[int], generator: torch.Generator | None, device, eps: torch.Tensor | None = None,
@@ -182,11 +189,14 @@ class TextSource:
         with torch.set_grad_enabled(self.trainable):  # gradients only when a text-encoder LoRA trains
             return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip)
 
+    def _disk_path(self, caption: str) -> Path:
+        key = hashlib.sha256(f"{caption}|{self.model_key}|{self.clip_skip}".encode()).hexdigest()[:32]
+        return self.cache_dir / f"text_{key}.safetensors"
+
     def _cached(self, caption: str, device) -> Conditioning:
         if caption in self.memory:
             return self.memory[caption]
-        key = hashlib.sha256(f"{caption}|{self.model_key}|{self.clip_skip}".encode()).hexdigest()[:32]
-        path = self.cache_dir / f"text_{key}.safetensors" if self.cache_dir else None
+        path = self._disk_path(caption) if self.cache_dir else None
         if path is not None and path.is_file():
             from safetensors.torch import load_file
 

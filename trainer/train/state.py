@@ -12,6 +12,7 @@ interrupted at step k and resumed ends with the same weights as one that was nev
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import TrainerError
+from ..names import inside
+from ..save_fallback import save_with_fallback
 
 
 @dataclass
@@ -51,20 +54,37 @@ def batches_done(batches: list[list[int]], progress: Progress, global_batch: int
 
 
 def state_dir(config) -> Path:
-    return Path(config.output_dir) / f"{config.output_name}-state"
+    return inside(config.output_dir, f"{config.output_name}-state")
 
 
 def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
                caption_rng, progress: Progress, config) -> Path:
-    """Write the state folder atomically (a temp folder renamed over the old one)."""
+    """Write the state folder atomically (a temp folder renamed over the old one). When that fails
+    (a full disk), write it to the temp folder instead and stop with a message saying where."""
+    def write(target: Path) -> Path:
+        return _write_state(target, params, optimizer, lr_schedule, scaler, generator, caption_rng, progress, config)
+
+    written, problem = save_with_fallback(write, folder, config.output_name, "training state")
+    if problem:
+        raise TrainerError(f"{problem} Free some disk space (or choose another output_dir), then continue "
+                           f"with resume = \"{written}\".")
+    return written
+
+
+def _write_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
+                 caption_rng, progress: Progress, config) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file({name: p.detach().float().contiguous() for name, p in params.items()}, str(tmp / "lora.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "generator": generator.get_state(),
-                    "caption_rng": caption_rng.getstate()}, tmp / "optimizer.pt")
+        try:
+            torch.save({"optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                        "generator": generator.get_state(), "caption_rng": caption_rng.getstate()},
+                       tmp / "optimizer.pt")
+        except RuntimeError as err:  # torch reports a failed write as "[enforce fail ...] unexpected pos"
+            raise OSError(errno.EIO, f"torch.save could not write optimizer.pt ({err})") from err
         (tmp / "progress.json").write_text(json.dumps({
             "step": progress.step, "epoch": progress.epoch, "position": progress.position,
             "samples": progress.samples, "global_batch": progress.global_batch,
