@@ -1,6 +1,6 @@
 """Cancel and resume in a real ComfyUI, and a symlinked checkpoint through the loader node.
 
-    python bench/real_comfy_cancel.py COMFYUI_DIR [--python PY] [--port 8199] [--epochs 4]
+    python bench/real_comfy_cancel.py COMFYUI_DIR [--python PY] [--port 8199] [--epochs 10]
 
 COMFYUI_DIR is a ComfyUI checkout with this pack in custom_nodes/ (nothing is fetched here). Run
 it with a Python that has aiohttp and the pack's requirements (ComfyUI's own venv has both); the
@@ -10,7 +10,7 @@ store beside models/ and symlinks it into models/diffusers, a random-weight full
 (bf16, 2 GB, trainer.tiny.full_size: ComfyUI's CLIP tokenizer needs the real vocabulary) symlinked
 into models/checkpoints under a hub-cache-like target name, and a painted dataset into input/. Then:
 
-1. an uninterrupted LoRA Train run (the reference LoRA and its time);
+1. a 1-epoch warm-up, then an uninterrupted LoRA Train run (the reference LoRA and its time);
 2. the same graph under another name, POST /interrupt at half the steps (read from the
    progress events on the websocket), as the Cancel button does;
 3. the <name>-state folder must exist; the graph is queued again: it must report only the
@@ -41,7 +41,7 @@ KOLORS = "LT-bench-TinyKolors"  # symlinked folder in models/diffusers
 # symlinked file in models/checkpoints; a new name each run, so ComfyUI's cache cannot skip the loader
 SD15 = f"LT-bench-linked-sd15-{int(time.time())}.safetensors"
 DATASET = "lt_bench_cancel"  # input/<DATASET>/10_ltdemo
-WHOLE, PARTS = "lt_bench_whole", "lt_bench_cancel"
+WARM, WHOLE, PARTS = "lt_bench_warmup", "lt_bench_whole", "lt_bench_cancel"
 
 
 def prepare(comfy: Path) -> None:
@@ -70,7 +70,7 @@ def prepare(comfy: Path) -> None:
     data = comfy / "input" / DATASET
     if not data.is_dir():
         paint_dataset(data)
-    for name in (WHOLE, PARTS):  # every run starts from nothing
+    for name in (WARM, WHOLE, PARTS):  # every run starts from nothing
         shutil.rmtree(comfy / "output" / "lora_trainer" / name, ignore_errors=True)
         for old in (comfy / "models" / "loras").glob(f"{name}*.safetensors"):
             old.unlink()
@@ -114,7 +114,8 @@ class Server:
             async with self.session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": self.client}) as r:
                 body = await r.json()
                 if r.status != 200:
-                    return {"status": "rejected", "error": json.dumps(body)[:400], "seconds": 0, "steps": []}
+                    return {"status": "rejected", "error": json.dumps(body)[:400], "started": time.monotonic(),
+                            "seconds": 0.0, "steps": [], "times": [], "setup": 0.0, "training": 0.0, "history": {}}
             prompt_id, started, steps, times, status = body["prompt_id"], time.monotonic(), [], [], None
             while status is None and time.monotonic() - started < limit:
                 try:
@@ -141,8 +142,9 @@ class Server:
         history = await self.history(prompt_id)
         # time to the first step (loading, caching) and from the first step to the last
         setup = times[0] - started if times else seconds
-        return {"status": status or "timeout", "started": started, "seconds": seconds, "steps": steps, "times": times, "setup": setup,
-                "training": times[-1] - times[0] if times else 0.0, "history": history, "error": error_text(history)}
+        return {"status": status or "timeout", "started": started, "seconds": seconds, "steps": steps, "times": times,
+                "setup": setup, "training": times[-1] - times[0] if times else 0.0, "history": history,
+                "error": error_text(history)}
 
     @staticmethod
     def _is_train(prompt: dict, data: dict) -> bool:
@@ -198,6 +200,9 @@ async def check(comfy: Path, url: str, epochs: int) -> list:
         line(f"diffusers/{KOLORS}" in menu and f"checkpoints/{SD15}" in menu,
              f"loader menu lists the symlinked folder and file: {[m for m in menu if 'LT-bench' in m]}", failures)
 
+        warm = await server.queue(train_graph(WARM, 1))  # loading and first-call costs out of the timings
+        line(warm["status"] == "success", f"warm-up run (1 epoch): {warm['status']} in {warm['seconds']:.1f} s "
+             f"{warm['error']}", failures)
         whole = await server.queue(train_graph(WHOLE, epochs))
         total = max(whole["steps"], default=0)
         line(whole["status"] == "success", f"uninterrupted run: {whole['status']} in {whole['seconds']:.1f} s "
@@ -248,8 +253,9 @@ async def check(comfy: Path, url: str, epochs: int) -> list:
 
         preview = await server.queue(preview_graph(), limit=600)
         images = sum(len(o.get("images", [])) for o in preview["history"].get("outputs", {}).values())
-        line(preview["status"] == "success" and images == 1, f"symlinked checkpoint checkpoints/{SD15} -> Loader -> Sampler Preview: "
-             f"{preview['status']} in {preview['seconds']:.1f} s, {images} image(s) {preview['error']}", failures)
+        line(preview["status"] == "success" and images == 1, f"symlinked checkpoint checkpoints/{SD15} -> Loader -> "
+             f"Sampler Preview: {preview['status']} in {preview['seconds']:.1f} s, {images} image(s) {preview['error']}",
+             failures)
     return failures
 
 
@@ -267,7 +273,7 @@ def main() -> int:
     parser.add_argument("comfyui_dir", type=Path, help="a ComfyUI checkout with this pack in custom_nodes/")
     parser.add_argument("--python", default=sys.executable, help="ComfyUI's Python, to start the server")
     parser.add_argument("--port", type=int, default=8199)
-    parser.add_argument("--epochs", type=int, default=4, help="10 steps each (4 images x 10 repeats, batch 4)")
+    parser.add_argument("--epochs", type=int, default=10, help="10 steps each (4 images x 10 repeats, batch 4)")
     args = parser.parse_args()
     comfy, url = args.comfyui_dir.resolve(), f"http://127.0.0.1:{args.port}"
     if not (comfy / "main.py").is_file():

@@ -74,8 +74,9 @@ def test_names_that_leave_the_models_folder_are_refused(pack, linked):
     # names that stay inside may wander: "shared/../linked-sd15.safetensors" is models/checkpoints' own file
     found = env.full_path("checkpoints", "shared/../linked-sd15.safetensors")
     assert found == linked / "checkpoints" / "linked-sd15.safetensors"
+    loader = pack.nodes.NODE_CLASS_MAPPINGS["LT_KolorsSDXLLoader"]()
     with pytest.raises(TrainerError, match="not found"):
-        pack.nodes.NODE_CLASS_MAPPINGS["LT_KolorsSDXLLoader"]().load("checkpoints/../outside.safetensors", "auto", "fp32")
+        loader.load("checkpoints/../outside.safetensors", "auto", "fp32")
 
 
 def test_a_link_loop_in_a_models_folder_does_not_hang_the_menu(pack, linked):

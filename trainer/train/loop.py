@@ -154,10 +154,10 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     if dataset is None:
         dataset = load_dataset(config.train_data_dir, config.dataset_repeats, config.class_tokens,
                                config.caption_extension)
-    for note in dataset.notes:
-        cb.log(f"note: {note}")
     if config.reg_data_dir and not any(item.is_reg for item in dataset.items):
         dataset = add_regularization(dataset, config.reg_data_dir, 1, "", config.caption_extension)
+    for note in dataset.notes:  # after the regularization folder joined: its notes too
+        cb.log(f"note: {note}")
     dataset, validation_set = split_validation(dataset, config.validation_split, config.seed)
     if model is None:
         if not config.pretrained_model_name_or_path:
