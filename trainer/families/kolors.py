@@ -34,6 +34,13 @@ class Kolors(Family):
         encoder = load_transformers_model(folder, "text_encoder", ChatGLMModel, dtype, "ChatGLM3 text encoder", **extra)
         return {"text_encoder": encoder, "tokenizer": ChatGLMTokenizer(str(vocab))}
 
+    def build_pipeline(self, parts: dict, scheduler):
+        # prompts are encoded in one pass: no key/value cache to keep (transformers 4.x also has no
+        # default for it, and diffusers' ChatGLM reads config.use_cache)
+        if parts.get("text_encoder") is not None:
+            parts["text_encoder"].config.use_cache = False
+        return super().build_pipeline(parts, scheduler)
+
     def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
         context, _, pooled, _ = pipe.encode_prompt(
             captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,

@@ -21,13 +21,11 @@ from ..data.dataset import Dataset, add_regularization, load_dataset, split_vali
 from ..data.manifest import read_manifest
 from ..errors import TrainerError
 from ..families.base import CONV_TARGETS
-from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_to_kohya, save_lora,
+from ..lora.kohya_format import (TrainedLora, build_metadata, fold_alpha, peft_to_kohya,
                                  text_encoder_to_kohya)
 from ..lora.network import (ADAPTER, add_text_encoder_lora, add_unet_lora, autocast_lora_inputs, conv_module_names,
                             lora_state_dict)
 from ..models.loader import LoadedModel, load_model
-from ..names import inside
-from ..save_fallback import save_with_fallback
 from .bucketing import assign_buckets, run_batches, steps_per_epoch
 from .distributed import Distributed
 from .devices import (caching_in_order, encoders_on, encoders_to_page, offload_cached_encoders,
@@ -37,7 +35,7 @@ from .evaluate import dataset_loss
 from .host_memory import reuse_freed_memory
 from .optim import build_lr_scheduler, build_optimizer
 from .precision import default_device, resolve_precision
-from .snapshots import save_epoch, wants_samples
+from .snapshots import save_epoch, save_outputs, wants_samples  # noqa: F401 (save_outputs: the CLI's)
 from .sources import LatentSource, TextSource
 from .state import Progress, batches_done, load_state, save_state, state_dir
 from .micro_batch import draw_micro_batch
@@ -389,23 +387,3 @@ def _train(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | No
     result.stopped = stopped
     result.encoder_calls = {"vae": latents_from.vae_calls, "text": text_from.encoder_calls}
     return result
-
-
-def save_outputs(result: TrainResult, config: TrainConfig) -> dict[str, Path]:
-    """Write the LoRA, the loss CSV and the loss chart into ``config.output_dir``. A file that cannot
-    be written there (a full disk) goes to the temp folder, and an error names both places."""
-    from ..chart import write_loss_chart, write_loss_csv
-
-    name = config.output_name
-    writers = {"lora": ("LoRA", ".safetensors", lambda p: save_lora(result.lora, p, config.save_precision)),
-               "loss_csv": ("loss CSV", "_loss.csv", lambda p: write_loss_csv(result.losses, p)),
-               "loss_chart": ("loss chart", "_loss.png", lambda p: write_loss_chart(result.losses, p))}
-    files, problems = {}, []
-    for key, (what, suffix, write) in writers.items():
-        files[key], problem = save_with_fallback(write, inside(config.output_dir, name + suffix), name, what)
-        problems += [problem] if problem else []
-    result.files.update(files)
-    if problems:
-        raise TrainerError(" ".join(problems) + " Free some disk space (or choose another output_dir) and move "
-                           "them from there.")
-    return files

@@ -1,5 +1,6 @@
-"""Saving during training: kohya's per-epoch saves (``<name>-000003.safetensors``), keeping only
-the newest ``save_last_n_epochs``, and samples at kohya's moments."""
+"""Saving a run's files: the LoRA with its loss CSV and chart at the end, kohya's per-epoch saves
+(``<name>-000003.safetensors``) keeping only the newest ``save_last_n_epochs``, and samples at
+kohya's moments."""
 
 from __future__ import annotations
 
@@ -54,3 +55,23 @@ def wants_samples(config, step: int, epoch_end: int | None) -> bool:
     if epoch_end is not None:
         return bool(config.sample_every_n_epochs) and epoch_end % config.sample_every_n_epochs == 0
     return bool(config.sample_every_n_steps) and step % config.sample_every_n_steps == 0
+
+
+def save_outputs(result, config) -> dict[str, Path]:
+    """Write the LoRA, the loss CSV and the loss chart into ``config.output_dir``. A file that cannot
+    be written there (a full disk) goes to the temp folder, and an error names both places."""
+    from ..chart import write_loss_chart, write_loss_csv
+
+    name = config.output_name
+    writers = {"lora": ("LoRA", ".safetensors", lambda p: save_lora(result.lora, p, config.save_precision)),
+               "loss_csv": ("loss CSV", "_loss.csv", lambda p: write_loss_csv(result.losses, p)),
+               "loss_chart": ("loss chart", "_loss.png", lambda p: write_loss_chart(result.losses, p))}
+    files, problems = {}, []
+    for key, (what, suffix, write) in writers.items():
+        files[key], problem = save_with_fallback(write, inside(config.output_dir, name + suffix), name, what)
+        problems += [problem] if problem else []
+    result.files.update(files)
+    if problems:
+        raise TrainerError(" ".join(problems) + " Free some disk space (or choose another output_dir) and move "
+                           "them from there.")
+    return files
