@@ -173,6 +173,11 @@ class LatentSource:
         return fitted
 
 
+def diffusers_clip_skip(clip_skip: int) -> int | None:
+    """kohya counts the last layer as 1 (2 = penultimate); diffusers counts layers skipped."""
+    return clip_skip - 1 if clip_skip and clip_skip > 1 else None
+
+
 class TextSource:
     """Encodes captions; with ``cache`` each distinct caption only once (in memory and on disk)."""
 
