@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
+from trainer.errors import TrainerError
 from trainer.train.loop import Callbacks, diffusers_clip_skip, train
 
 
@@ -383,3 +384,10 @@ def test_smart_crop_source_size_and_offset_reach_the_time_ids(tiny_models, tmp_p
     data = replace(data, items=[replace(data.items[0], source_size=(300, 400), source_crop=(10, 120))])
     batch = LatentSource(load_model(tiny_models("sdxl")), data, 64, 64).batch([0], None, "cpu")
     assert batch.original_sizes == [(300, 400)] and batch.crops == [(10, 120)]
+
+
+def test_unknown_network_module_is_refused_naming_the_known_ones(tmp_path):
+    config = config_for(tmp_path / "no-model", tmp_path / "no-data", tmp_path, network_module="lycoris.kohya")
+    with pytest.raises(TrainerError, match='network_module "lycoris.kohya".*"networks.lora"'):
+        train(config)  # refused before the (missing) data or model is touched
+    assert not list(tmp_path.iterdir())

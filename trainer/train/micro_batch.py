@@ -30,8 +30,8 @@ class MicroBatch:
 
 def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Generator,
                      caption_rng: random.Random) -> MicroBatch:
-    """``run`` carries the run's pieces: config, dataset, family, scheduler, latents_from,
-    text_from, caption_for (index, rng) -> caption, device, width, height."""
+    """``run`` is the RunSetup (run_setup.py); read here: config, dataset, family, scheduler,
+    latents_from, text_from, caption_for (index, rng) -> caption, device, width, height."""
     count = len(global_indices)
     local = global_indices[mine]
     # the caption rng is consumed for the whole global batch on every rank
