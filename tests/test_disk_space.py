@@ -8,7 +8,7 @@ import pytest
 from full_disk import cli_on_full_drive, small_run
 from trainer.config import TrainConfig
 from trainer.errors import TrainerError
-from trainer.train import disk_space, loop
+from trainer.train import disk_space, run_setup
 from trainer.train.loop import Callbacks, save_outputs, train
 
 HEAVY = dict(max_train_epochs=3, save_every_n_epochs=1, save_state=True, cache_latents=True,
@@ -42,7 +42,7 @@ def test_estimate_covers_what_the_run_writes(family, tiny_models, tmp_path, monk
         checked[Path(folder), "pages"] = usage_of(Path(config.output_dir).rglob(".paged-*"))  # while they exist
         return real(folder, needs, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "check_free_space", spy)
+    monkeypatch.setattr(run_setup, "check_free_space", spy)
     config = config_for(tmp_path, tiny_models(family), **HEAVY)
     save_outputs(train(config, callbacks=Callbacks(log=lambda line: None)), config)
     out = Path(config.output_dir)
