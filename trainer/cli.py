@@ -9,24 +9,9 @@ from pathlib import Path
 from .errors import TrainerError
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    import tomllib
-
-    values = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise TrainerError(f"--set {pair}: write key=value, e.g. --set network_dim=8")
-        try:
-            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.strip()] = raw
-    return values
-
-
 def cmd_train(args) -> int:
     """One process, or one of several under torchrun / accelerate launch (rank 0 writes)."""
-    from .config import TrainConfig
+    from .config import TrainConfig, parse_overrides
     from .progress import quiet_libraries, tqdm_callbacks
     from .train import distributed
     from .train.loop import save_outputs, train
@@ -35,7 +20,7 @@ def cmd_train(args) -> int:
     values = {}
     if args.config:
         values.update(TrainConfig.from_toml(args.config).to_dict())
-    values.update(_parse_overrides(args.set))
+    values.update(parse_overrides(args.set))
     config = TrainConfig.from_dict(values, source=args.config or "command line")
     dist = distributed.from_environment()
     callbacks, close = tqdm_callbacks()

@@ -264,3 +264,19 @@ def _toml_value(value) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{text}"'
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """The CLI's ``--set key=value`` pairs, values read as TOML (plain strings otherwise)."""
+    import tomllib
+
+    values = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise TrainerError(f"--set {pair}: write key=value, e.g. --set network_dim=8")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw
+    return values

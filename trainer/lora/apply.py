@@ -10,28 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TrainerError
-
-
-def read_raw(path) -> tuple[dict, dict]:
-    """(tensors as stored, safetensors metadata) of a .safetensors or pickle (.ckpt/.pt/.pth/.bin) file."""
-    from safetensors.torch import load_file
-
-    from .metadata import read_metadata
-    from .pickle_safe import PICKLE_SUFFIXES, load_pickle, tensors_of
-
-    path = Path(path)
-    if not path.is_file():
-        raise TrainerError(f"LoRA file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        return tensors_of(load_pickle(path)), {}
-    if suffix != ".safetensors":
-        raise TrainerError(f"{path.name}: a LoRA must be .safetensors, .ckpt, .pt, .pth or .bin.")
-    metadata = read_metadata(path)
-    try:
-        return load_file(str(path)), metadata
-    except Exception as err:  # safetensors raises its own error types for bad headers
-        raise TrainerError(f"Cannot read LoRA {path}: {err}. The file is corrupt or incomplete.") from None
+from .metadata import read_raw  # noqa: F401 (also imported from here)
 
 
 def read_lora_file(path, family: str | None = None, unet_config=None, alpha: float | None = None) -> dict:

@@ -40,7 +40,7 @@ def converted_metadata(source: dict, tensors: dict, family: str, fmt: str) -> di
 def convert_file(src, dst, family: str = "auto", alpha: float | None = None, model_folder=None,
                  precision: str = "fp16") -> tuple[Path, str]:
     """Read ``src`` (any layout), write ``dst`` in our kohya layout atomically; returns (dst, summary)."""
-    from .apply import read_raw
+    from .metadata import read_raw
     from .formats import detect_format, guess_family, to_kohya
     from .kohya_format import TrainedLora, save_lora
 

@@ -81,7 +81,27 @@ def describe(summary: dict) -> str:
 
 def describe_file(path) -> str:
     """The summary line of a LoRA file (for the loader node's info output and the CLI)."""
-    from .apply import read_raw
 
     tensors, metadata = read_raw(path)
     return describe(summarize(metadata, tensors))
+
+
+def read_raw(path) -> tuple[dict, dict]:
+    """(tensors as stored, safetensors metadata) of a .safetensors or pickle (.ckpt/.pt/.pth/.bin) file."""
+    from safetensors.torch import load_file
+
+    from .pickle_safe import PICKLE_SUFFIXES, load_pickle, tensors_of
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainerError(f"LoRA file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return tensors_of(load_pickle(path)), {}
+    if suffix != ".safetensors":
+        raise TrainerError(f"{path.name}: a LoRA must be .safetensors, .ckpt, .pt, .pth or .bin.")
+    metadata = read_metadata(path)
+    try:
+        return load_file(str(path)), metadata
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise TrainerError(f"Cannot read LoRA {path}: {err}. The file is corrupt or incomplete.") from None

@@ -21,6 +21,7 @@ import torch
 from ..errors import TrainerError
 from ..families import get_family
 from .detect import _read_json, detect_checkpoint_family
+from .loaded import LoadedModel, sampling_scheduler, to_dtype
 from .ldm_write import CLIP_PREFIXES, EMBEDDED_CONFIGS, UNET, VAE
 from .parts import load_clip_tokenizer
 
@@ -165,7 +166,6 @@ def load_single_file(path, family: str = "auto", dtype=torch.float32, tokenizer_
     """
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    from .loader import LoadedModel, sampling_scheduler, to_dtype
 
     path, dtype = Path(path), to_dtype(dtype)
     if not path.is_file():

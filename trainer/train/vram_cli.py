@@ -39,14 +39,14 @@ def config_family(config) -> str:
 
 
 def vram_command(args) -> int:
-    from ..cli import _parse_overrides
+    from ..config import parse_overrides
     from ..config import TrainConfig
     from ..progress import quiet_libraries
     from .vram import GB, estimate_vram, format_changes, suggest_fit
 
     quiet_libraries()
     values = TrainConfig.from_toml(args.config).to_dict() if args.config else {}
-    values.update(_parse_overrides(getattr(args, "set", None)))
+    values.update(parse_overrides(getattr(args, "set", None)))
     config = TrainConfig.from_dict(values, source=args.config or "command line").validate()
     family = args.family or config_family(config)
     estimate = estimate_vram(config, family)
