@@ -48,6 +48,16 @@ class TrainConfig:
     random_crop: bool = False
     caption_dropout_rate: float = 0.0  # share of steps an image trains with an empty caption
     caption_tag_dropout_rate: float = 0.0  # share of (non-kept) tags dropped per step
+    caption_dropout_every_n_epochs: int = 0  # every Nth epoch trains with empty captions
+    caption_prefix: str = ""  # put before every caption (kohya: after the trigger handling)
+    caption_suffix: str = ""  # put after every caption
+    secondary_separator: str = ""  # joins tags that shuffle/drop as one; becomes caption_separator
+    enable_wildcard: bool = False  # "{a|b|c}" in a caption: one alternative per step
+    token_warmup_min: int = 1  # start with this many tags ...
+    token_warmup_step: float = 0  # ... growing to all of them by this step (a ratio of the run below 1)
+    weighted_captions: bool = False  # "(word:1.2)" weights in captions scale that word's embedding
+    max_token_length: int | None = None  # 75 (None), 150 or 225: captions longer than 75 tokens in chunks
+    dataset_config: str = ""  # kohya's dataset TOML ([general], [[datasets]], [[datasets.subsets]])
     # network
     network_module: str = "networks.lora"
     network_dim: int = 16
@@ -55,6 +65,11 @@ class TrainConfig:
     conv_dim: int = 0  # > 0: also LoRA on ResNet / up- / down-sampler convs (kohya's LoCon)
     conv_alpha: float = 1.0
     network_dropout: float = 0.0  # dropout on the LoRA path (peft lora_dropout)
+    network_args: list[str] = field(default_factory=list)  # kohya's "key=value" list: conv_dim, conv_alpha, target ...
+    network_weights: str = ""  # start from this LoRA file (continue training it)
+    dim_from_weights: bool = False  # take network_dim (and conv_dim) from network_weights
+    network_train_text_encoder_only: bool = False  # LoRA on the text encoder(s) only, the UNet untouched
+    scale_weight_norms: float | None = None  # max-norm: scale each module's up@down down to this norm
     # optimisation
     preset: str = ""  # anime | realistic | sdxl_character | kolors: fills defaults, your values win
     optimizer_type: str = "AdamW"  # AdamW | AdamW8bit | Lion | Prodigy | Adafactor | SGD
@@ -67,12 +82,21 @@ class TrainConfig:
     lr_warmup_steps: float = 0  # a step count, or a ratio of the total steps when below 1
     lr_scheduler_num_cycles: int = 1  # restarts of cosine_with_restarts (seed 000: 3-5)
     lr_scheduler_power: float = 1.0  # polynomial
+    lr_scheduler_type: str = ""  # a scheduler class "module.Class" instead of lr_scheduler
+    lr_scheduler_args: list[str] = field(default_factory=list)  # its "key=value" arguments
+    lr_decay_steps: float = 0  # warmup_stable_decay: decay steps (a ratio of the run below 1)
+    lr_scheduler_timescale: int | None = None  # inverse_sqrt: timescale (default: the warmup steps)
+    lr_scheduler_min_lr_ratio: float | None = None  # cosine_with_min_lr / warmup_stable_decay floor
     max_train_epochs: int = 10
     max_train_steps: int = 0  # 0: derived from epochs
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1  # optimizer step every N batches (effective batch = batch x N)
     mixed_precision: str = "no"  # no | fp16 | bf16
     full_bf16: bool = False  # LoRA weights, gradients and optimizer state in bf16 too (less memory)
+    full_fp16: bool = False  # the same in fp16 (needs mixed_precision = fp16)
+    no_half_vae: bool = False  # keep the VAE in fp32 whatever mixed_precision says
+    fp8_base: bool = False  # frozen UNet (and text encoder) weights stored in float8, computed in the autocast dtype
+    fp8_base_unet: bool = False  # the same for the UNet only
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
     # noise and loss
@@ -85,6 +109,12 @@ class TrainConfig:
     max_timestep: int | None = None
     min_snr_gamma: float | None = None  # 5 is usual
     v_parameterization: bool = False  # for v-prediction models (SD2-style)
+    zero_terminal_snr: bool = False  # rescale the noise schedule to zero SNR at the last timestep
+    scale_v_pred_loss_like_noise_pred: bool = False  # v-prediction: weight the loss as noise prediction's
+    v_pred_like_loss: float | None = None  # add this much of a v-prediction-like loss
+    debiased_estimation_loss: bool = False  # weight the loss by 1/sqrt(SNR)
+    ip_noise_gamma: float | None = None  # input perturbation noise (0.1 is usual)
+    ip_noise_gamma_random_strength: bool = False  # ... at a random strength in [0, ip_noise_gamma]
     loss_type: str = "l2"  # l2 | l1 | huber | smooth_l1
     huber_c: float = 0.1
     huber_schedule: str = "snr"  # constant | exponential | snr
@@ -106,7 +136,27 @@ class TrainConfig:
     save_every_n_epochs: int = 0  # 0: only the final save
     save_last_n_epochs: int = 0  # keep only the newest N epoch saves (0: keep all)
     save_state: bool = False  # also save the exact training state at every epoch end
+    save_every_n_steps: int = 0  # also save the LoRA every N steps
+    save_last_n_steps: int = 0  # keep step saves of only the last N steps (0: keep all)
+    save_last_n_steps_state: int = 0  # the same for the states saved with them
+    save_last_n_epochs_state: int = 0  # keep only the newest N epoch states (0: as save_last_n_epochs)
+    save_state_on_train_end: bool = False  # save the training state once at the end
     resume: str = ""  # a <output_name>-state folder to continue from
+    # metadata people share by (kohya's names; written into the file's header)
+    no_metadata: bool = False  # write no metadata at all
+    training_comment: str = ""
+    metadata_title: str = ""  # default: output_name
+    metadata_author: str = ""
+    metadata_description: str = ""
+    metadata_license: str = ""
+    metadata_tags: str = ""  # comma separated
+    metadata_trigger_phrase: str = ""  # default: class_tokens
+    metadata_usage_hint: str = ""
+    metadata_thumbnail: str = ""  # an image file or data URL; default: the last sample image
+    # logging
+    log_with: str = ""  # tensorboard (when installed)
+    logging_dir: str = ""  # where the event files go
+    log_prefix: str = ""  # put before the run's log folder name
     # preview samples during and after training (kohya's prompt-line options)
     sample_prompts: list[str] = field(default_factory=list)
     sample_every_n_epochs: int = 0
