@@ -19,7 +19,7 @@ def cmd_train(args) -> int:
     quiet_libraries()
     values = {}
     if args.config:
-        values.update(TrainConfig.from_toml(args.config).to_dict())
+        values.update(TrainConfig.from_file(args.config).to_dict())
     values.update(parse_overrides(args.set))
     config = TrainConfig.from_dict(values, source=args.config or "command line")
     dist = distributed.from_environment()
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a LoRA from a TOML config (kohya parameter names)")
-    p.add_argument("--config", help="run.toml with kohya-style keys")
+    p.add_argument("--config", help="run.toml with kohya's keys, or a kohya_ss GUI preset / config .json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value (repeatable)")
     p.set_defaults(func=cmd_train)
 

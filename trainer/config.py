@@ -188,14 +188,24 @@ class TrainConfig:
         self._safe_output_name()
         self.size()
         if self.cache_text_encoder_outputs and (self.shuffle_caption or self.caption_dropout_rate
-                                                 or self.caption_tag_dropout_rate):
-            raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption and "
-                               "caption (tag) dropout cannot work with it: turn one of them off.")
+                                                 or self.caption_tag_dropout_rate or self.token_warmup_step):
+            raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption, "
+                               "caption (tag) dropout and token warmup cannot work with it: turn one of them off.")
+        if self.max_token_length not in (None, 0, 75, 150, 225):
+            raise TrainerError(f"max_token_length = {self.max_token_length!r}: use 75 (the default), 150 or 225, "
+                               "the lengths kohya allows (CLIP reads 75 tokens at a time).")
+        if self.release_text_encoder and self.enable_wildcard:
+            raise TrainerError("enable_wildcard draws a new caption text each step, which needs the text encoder: "
+                               "turn off release_text_encoder (caching keeps each drawn text once).")
         if self.cache_text_encoder_outputs and self.trains_text_encoder:
             raise TrainerError("cache_text_encoder_outputs cannot be used while training the text encoder "
                                "(text_encoder_lr is set): set network_train_unet_only or turn caching off.")
         if self.full_bf16 and self.mixed_precision != "bf16":
             raise TrainerError("full_bf16 needs mixed_precision = bf16.")
+        if self.full_fp16 and self.mixed_precision != "fp16":
+            raise TrainerError("full_fp16 needs mixed_precision = fp16 (or use full_bf16 with bf16).")
+        if (self.fp8_base or self.fp8_base_unet) and self.mixed_precision == "no":
+            raise TrainerError("fp8_base computes in the mixed-precision dtype: set mixed_precision = bf16 or fp16.")
         if self.release_text_encoder and not self.cache_text_encoder_outputs:
             raise TrainerError("release_text_encoder frees the text encoder after caching its outputs: "
                                "also set cache_text_encoder_outputs.")
@@ -228,7 +238,9 @@ class TrainConfig:
 
     @property
     def trains_text_encoder(self) -> bool:
-        return bool(self.text_encoder_lr) and not self.network_train_unet_only
+        if self.network_train_unet_only:
+            return False
+        return bool(self.text_encoder_lr) or (self.network_train_text_encoder_only and self.text_encoder_lr is None)
 
     # -- TOML ---------------------------------------------------------------------------------
     @classmethod
@@ -236,8 +248,12 @@ class TrainConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
-        """Flat or sectioned (kohya GUI style) dict; unknown keys warn with a suggestion."""
+    def from_dict(cls, values: dict, source: str = "config", base_dir: Path | None = None) -> "TrainConfig":
+        """Flat or sectioned (kohya GUI style) dict. kohya's other option names get their answer
+        (kohya_options: alias, note or refusal); other unknown keys warn with a suggestion.
+        ``base_dir``: the config file's folder, for relative files it names (sample_prompts)."""
+        from .kohya_options import translate
+
         flat: dict = {}
         for key, value in values.items():
             if isinstance(value, dict):
@@ -245,6 +261,7 @@ class TrainConfig:
             else:
                 flat[key] = value
         known = set(cls.field_names())
+        flat = translate(flat, known, source, base_dir)
         unknown = [k for k in flat if k not in known]
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=1)
@@ -266,7 +283,23 @@ class TrainConfig:
             raise TrainerError(f"Config file not found: {path}") from None
         except tomllib.TOMLDecodeError as err:
             raise TrainerError(f"{path} is not valid TOML: {err}") from None
-        return cls.from_dict(values, source=str(path))
+        return cls.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
+                             base_dir=path.parent)
+
+    @classmethod
+    def from_file(cls, path) -> "TrainConfig":
+        """A kohya TOML, or a .json: a kohya_ss GUI preset / saved config (its own keys, mapped as
+        the GUI maps them) or a flat dict of kohya names."""
+        path = Path(path)
+        if path.suffix.lower() != ".json":
+            return cls.from_toml(path)
+        from .kohya_gui import gui_to_kohya, is_gui_config, read_gui_json
+
+        values = read_gui_json(path)
+        if is_gui_config(values):
+            values = gui_to_kohya(values, source=str(path))
+        return cls.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
+                             base_dir=path.parent)
 
     def _coerced(self) -> "TrainConfig":
         """Cast values read from TOML / widgets to the field types (ints given as floats etc.)."""
@@ -294,7 +327,10 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if not self.trains_text_encoder and not self.network_train_unet_only:
+            values["network_train_unet_only"] = True  # read back as a kohya file, it must not train the TE
+        return values
 
     def to_toml(self) -> str:
         lines = []
@@ -303,6 +339,32 @@ class TrainConfig:
                 continue
             lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+
+def _paths_beside(values: dict, folder: Path) -> dict:
+    """A relative dataset_config names a file beside the config when there is one there, else one
+    in the working directory (kohya's only place)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _paths_beside(value, folder)
+        elif key == "dataset_config" and value and not Path(value).expanduser().is_absolute() \
+                and (folder / value).is_file():
+            value = str(folder / value)
+        out[key] = value
+    return out
+
+
+def kohya_text_encoder_default(values: dict) -> dict:
+    """kohya trains the text encoder(s) unless ``network_train_unet_only``, at ``text_encoder_lr`` or
+    else ``learning_rate``: a kohya file saying neither gets that meaning here too."""
+    flat = {k: v for section in values.values() if isinstance(section, dict) for k, v in section.items()}
+    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
+    if flat.get("network_train_unet_only") or "text_encoder_lr" in flat or flat.get("network_train_text_encoder_only"):
+        return values
+    warnings.warn("note: no network_train_unet_only and no text_encoder_lr: the text encoder(s) train at "
+                  "learning_rate, as kohya does (set network_train_unet_only = true for a UNet-only LoRA)", stacklevel=3)
+    return {**values, "text_encoder_lr": flat.get("learning_rate", TrainConfig.learning_rate)}
 
 
 def _toml_value(value) -> str:

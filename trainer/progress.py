@@ -33,14 +33,20 @@ def tqdm_callbacks(log=print) -> tuple[Callbacks, callable]:
     def on_start(total, dataset):
         state["bar"] = tqdm(total=total, unit="step", dynamic_ncols=True)
 
+    def on_metrics(step, values):
+        # kohya's progress-bar names for scale_weight_norms' report
+        if "max_norm/keys_scaled" in values:
+            state["extra"] = {"Keys Scaled": values["max_norm/keys_scaled"],
+                              "Average key norm": f"{values['norm/avg_key_norm']:.4f}"}
+
     def on_step(step, total, loss):
         bar = state["bar"]
         avg = state["avg"] = 0.9 * state.get("avg", loss) + 0.1 * loss
-        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{avg:.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss:.4f}", avg=f"{avg:.4f}", **state.get("extra", {}), refresh=False)
         bar.update(1)
 
     def close():
         if "bar" in state:
             state["bar"].close()
 
-    return Callbacks(on_start=on_start, on_step=on_step, log=log), close
+    return Callbacks(on_start=on_start, on_step=on_step, on_metrics=on_metrics, log=log), close

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TrainerError
 from .caption_encoding import caption_problem, read_caption_file
 from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, unreadable_message
+from .subsets import Subset, kohya_reg_repeats, parts_of
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
@@ -37,6 +39,9 @@ class ImageItem:
     # (top, left), which SDXL/Kolors time ids should see instead of the cropped file's own
     source_size: tuple[int, int] | None = None
     source_crop: tuple[int, int] | None = None
+    # kohya's subset (subsets.py) with its caption, augmentation and resolution settings; None:
+    # the run's TrainConfig applies
+    subset: Subset | None = None
 
 
 @dataclass
@@ -63,19 +68,22 @@ class Dataset:
 
     @property
     def num_samples(self) -> int:
-        """One epoch: training images x repeats, plus as many regularization samples (kohya
+        """One epoch: training images x repeats, plus about as many regularization samples (kohya
         repeats the regularization set until it matches the training samples)."""
-        return self.num_train_samples * (2 if self.num_reg_images else 1)
+        return self.num_train_samples + len(self.reg_sequence())
 
     def reg_sequence(self) -> list[int]:
-        """kohya's balancing: cycle through the regularization images, each ``repeats`` times in
-        a row, until there are as many regularization samples as training samples."""
-        regs = [i for i, item in enumerate(self.items) if item.is_reg]
+        """kohya's balancing (subsets.kohya_reg_repeats), per kohya dataset (part): each
+        regularization image index as many times as it trains per epoch."""
+        groups = [[i for i, item in enumerate(self.items) if item.subset is not None and item.subset.part is part]
+                  for part in parts_of(self.items)] or [list(range(len(self.items)))]
         out: list[int] = []
-        while regs and len(out) < self.num_train_samples:
-            for i in regs:
-                out += [i] * self.items[i].repeats
-        return out[: self.num_train_samples]
+        for group in groups:
+            regs = [i for i in group if self.items[i].is_reg]
+            train = sum(self.items[i].repeats for i in group if not self.items[i].is_reg)
+            for i, count in zip(regs, kohya_reg_repeats(train, [self.items[i].repeats for i in regs])):
+                out += [i] * count
+        return out
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya's ss_tag_frequency: per dataset folder, how often each comma-separated tag occurs."""
@@ -203,7 +211,8 @@ def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset
     train = [item for i, item in enumerate(train_items) if i not in held]
     val = [item for i, item in enumerate(train_items) if i in held]
     regs = [item for item in dataset.items if item.is_reg]
-    return Dataset(dataset.root, train + regs, dataset.notes), Dataset(dataset.root, val)
+    return (dataclasses.replace(dataset, items=train + regs),
+            dataclasses.replace(dataset, items=val, notes=[]))
 
 
 def add_regularization(dataset: Dataset, reg_dir, repeats: int = 1, class_token: str = "",

@@ -6,6 +6,9 @@ trains on what the LoRA Train node would have trained on. One line per image:
 
     {"path": "/abs/img.png", "caption": "...", "repeats": 10, "folder": "10_x", "is_reg": false,
      "size": [w, h], "source_size": [h, w] | null, "source_crop": [top, left] | null}
+
+Items of kohya subsets (several datasets, data/subsets.py) add "subset": k, an index into a
+first line {"subsets": [...], "parts": [...]} holding each subset's and dataset's settings.
 """
 
 from __future__ import annotations
@@ -16,13 +19,18 @@ from pathlib import Path
 from ..atomic import write_text
 from ..errors import TrainerError
 from .dataset import Dataset, ImageItem
+from .subsets import subsets_of, table_from_json, table_to_json
 
 FIELDS = ("caption", "repeats", "folder", "is_reg", "size", "source_size", "source_crop")
 
 
 def write_manifest(dataset: Dataset, path) -> Path:
-    lines = [json.dumps({"path": str(Path(item.path).resolve()), **{f: getattr(item, f) for f in FIELDS}},
-                        ensure_ascii=False) for item in dataset.items]
+    subsets = subsets_of(dataset.items)
+    index = {id(s): k for k, s in enumerate(subsets)}
+    lines = [json.dumps(table_to_json(subsets), ensure_ascii=False)] if subsets else []
+    lines += [json.dumps({"path": str(Path(item.path).resolve()), **{f: getattr(item, f) for f in FIELDS},
+                          **({"subset": index[id(item.subset)]} if item.subset is not None else {})},
+                         ensure_ascii=False) for item in dataset.items]
     return write_text(path, "\n".join(lines) + "\n")
 
 
@@ -35,16 +43,20 @@ def read_manifest(path) -> Dataset:
     if not path.is_file():
         raise TrainerError(f"dataset_manifest {path} not found: write it with the LoRA Train node or point "
                            "train_data_dir at the image folder instead.")
-    items, missing = [], []
+    items, missing, subsets = [], [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+            if "subsets" in row and "path" not in row:
+                subsets = table_from_json(row)
+                continue
             item = ImageItem(Path(row["path"]), row["caption"], int(row["repeats"]), row.get("folder", ""),
                              bool(row.get("is_reg", False)), _tuple(row.get("size", (0, 0))),
-                             _tuple(row.get("source_size")), _tuple(row.get("source_crop")))
-        except (ValueError, KeyError, TypeError) as err:
+                             _tuple(row.get("source_size")), _tuple(row.get("source_crop")),
+                             subsets[row["subset"]] if row.get("subset") is not None else None)
+        except (ValueError, KeyError, TypeError, IndexError) as err:
             raise TrainerError(f"{path} line {number} is not a dataset entry ({err}).") from None
         (items if item.path.is_file() else missing).append(item)
     if missing:

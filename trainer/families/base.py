@@ -60,10 +60,17 @@ class Family:
         return pipe
 
     # -- conditioning -------------------------------------------------------------------------
-    def encode_text(self, pipe, captions: list[str], device, clip_skip: int | None = None) -> Conditioning:
+    def encode_text(self, pipe, captions: list[str], device, clip_skip: int | None = None,
+                    max_token_length: int | None = None, weighted: bool = False) -> Conditioning:
         """Conditioning for ``captions``; runs with gradients when the caller enables them (text-
-        encoder LoRA training), so callers that only read it wrap it in torch.no_grad()."""
+        encoder LoRA training), so callers that only read it wrap it in torch.no_grad().
+        max_token_length / weighted: kohya's options for CLIP encoders (clip_chunks.py)."""
         raise NotImplementedError
+
+    def sample_embeddings(self, pipe, prompt: str, negative: str, device, clip_skip: int | None = None,
+                          max_token_length: int | None = None) -> dict | None:
+        """The pipeline's prompt arguments as kohya encodes sample prompts, or None: the pipeline's own."""
+        return None
 
     def time_ids(self, original_size, crop_top_left, target_size) -> torch.Tensor:
         """SDXL-style micro-conditioning: (orig h, orig w, crop top, crop left, target h, w)."""
@@ -76,11 +83,15 @@ class Family:
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids}
         return kwargs
 
-    def training_scheduler(self, v_prediction: bool = False):
+    def training_scheduler(self, v_prediction: bool = False, zero_terminal_snr: bool = False):
+        """The DDPM schedule training noise follows. zero_terminal_snr: kohya's
+        fix_noise_scheduler_betas_for_zero_terminal_snr, which is diffusers' rescale_betas_zero_snr
+        (arxiv.org/abs/2305.08891 Algorithm 1; the same betas to the bit)."""
         from diffusers import DDPMScheduler
 
         kind = "v_prediction" if v_prediction else self.training_schedule["prediction_type"]
-        return DDPMScheduler(**{**self.training_schedule, "prediction_type": kind})
+        extra = {"rescale_betas_zero_snr": True} if zero_terminal_snr else {}
+        return DDPMScheduler(**{**self.training_schedule, "prediction_type": kind, **extra})
 
 
 def fit_tokenizers_to_encoders(pipe) -> None:

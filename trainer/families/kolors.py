@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.prompt_weights import plain_text
 from ..errors import TrainerError
 from ..models.parts import find_file, load_transformers_model
 from .base import Conditioning, Family, scaled_linear
@@ -41,7 +42,11 @@ class Kolors(Family):
             parts["text_encoder"].config.use_cache = False
         return super().build_pipeline(parts, scheduler)
 
-    def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
+    def encode_text(self, pipe, captions, device, clip_skip=None, max_token_length=None,
+                    weighted=False) -> Conditioning:
+        # ChatGLM reads 256 tokens and takes no per-token weights: the "(word:1.2)" marks go
+        if weighted:
+            captions = [plain_text(c) for c in captions]
         context, _, pooled, _ = pipe.encode_prompt(
             captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
             max_sequence_length=MAX_LENGTH)

@@ -4,6 +4,7 @@ import torch
 
 from ..models.parts import load_clip_tokenizer, load_transformers_model
 from .base import Conditioning, Family, scaled_linear
+from .clip_chunks import chunk_count, encode_chunks, encode_for_sampling
 
 
 class SD15(Family):
@@ -15,7 +16,13 @@ class SD15(Family):
             "tokenizer": load_clip_tokenizer(folder, "tokenizer", tokenizer_dir),
         }
 
-    def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
+    def encode_text(self, pipe, captions, device, clip_skip=None, max_token_length=None,
+                    weighted=False) -> Conditioning:
+        chunks = chunk_count(max_token_length)
+        if chunks > 1 or weighted:  # kohya's own tokenization (clip_chunks.py)
+            context, _ = encode_chunks(pipe.text_encoder, pipe.tokenizer, captions, device, chunks, weighted,
+                                       layer=-1 - (clip_skip or 0), final_norm=True)
+            return Conditioning(context.to(pipe.text_encoder.dtype))
         if not clip_skip:
             context, _ = pipe.encode_prompt(captions, device, 1, False)
             return Conditioning(context)
@@ -27,6 +34,13 @@ class SD15(Family):
         hidden = encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
         norm = getattr(encoder, "text_model", encoder).final_layer_norm
         return Conditioning(norm(hidden).to(encoder.dtype))
+
+    def sample_embeddings(self, pipe, prompt, negative, device, clip_skip=None, max_token_length=None) -> dict:
+        """kohya's SD1.5 sample prompts: its long-prompt pipeline (up to 225 tokens, weights read)."""
+        states, _ = encode_for_sampling(pipe.text_encoder, pipe.tokenizer, [prompt, negative or ""], device,
+                                        layer=-1 - (clip_skip or 0), final_norm=True)
+        states = states.to(pipe.text_encoder.dtype)
+        return {"prompt_embeds": states[:1], "negative_prompt_embeds": states[1:]}
 
 
 SD15_FAMILY = SD15(

@@ -4,6 +4,7 @@ import torch
 
 from ..models.parts import load_clip_tokenizer, load_transformers_model
 from .base import Conditioning, Family, scaled_linear
+from .clip_chunks import chunk_count, encode_chunks
 
 
 class SDXL(Family):
@@ -18,11 +19,31 @@ class SDXL(Family):
             "tokenizer_2": load_clip_tokenizer(folder, "tokenizer_2", tokenizer_dir),
         }
 
-    def encode_text(self, pipe, captions, device, clip_skip=None) -> Conditioning:
+    def encode_text(self, pipe, captions, device, clip_skip=None, max_token_length=None,
+                    weighted=False) -> Conditioning:
+        chunks = chunk_count(max_token_length)
+        if chunks > 1 or weighted:
+            return self._encode_chunks(pipe, captions, device, clip_skip, chunks, weighted)
         context, _, pooled, _ = pipe.encode_prompt(
             captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False,
             clip_skip=clip_skip)
         return Conditioning(context, pooled)
+
+    def _encode_chunks(self, pipe, captions, device, clip_skip, chunks, weighted) -> Conditioning:
+        """kohya's tokenization (clip_chunks.py); the penultimate layer of both encoders as diffusers
+        and kohya take it, the pooled output of CLIP-G's first 77-token row."""
+        layer, dtype = -2 - (clip_skip or 0), pipe.text_encoder_2.dtype
+        first, _ = encode_chunks(pipe.text_encoder, pipe.tokenizer, captions, device, chunks, weighted, layer, False)
+        second, pooled = encode_chunks(pipe.text_encoder_2, pipe.tokenizer_2, captions, device, chunks, weighted,
+                                       layer, False)
+        return Conditioning(torch.cat([first.to(dtype), second.to(dtype)], dim=-1), pooled.to(dtype))
+
+    def sample_embeddings(self, pipe, prompt, negative, device, clip_skip=None, max_token_length=None) -> dict:
+        """kohya's SDXL sample prompts: the training encoding with weights read, negative "" encoded."""
+        cond = self._encode_chunks(pipe, [prompt, negative or ""], device, clip_skip,
+                                   chunk_count(max_token_length), True)
+        return {"prompt_embeds": cond.context[:1], "negative_prompt_embeds": cond.context[1:],
+                "pooled_prompt_embeds": cond.pooled[:1], "negative_pooled_prompt_embeds": cond.pooled[1:]}
 
 
 SDXL_FAMILY = SDXL(

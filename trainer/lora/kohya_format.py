@@ -16,6 +16,7 @@ import torch
 from ..atomic import save_safetensors
 from ..errors import TrainerError
 from ..models.hashing import model_hashes
+from .modelspec import modelspec_metadata
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "float": torch.float32}
 
@@ -36,37 +37,60 @@ class TrainedLora:
         return int(downs[0].shape[0]) if downs else 0
 
 
+def _peft_pairs(peft_state: dict):
+    """peft adapter state -> (module path, "lora_down"|"lora_up", tensor)."""
+    for key, value in peft_state.items():
+        path, kind, _ = key.rsplit(".", 2)
+        yield path, "lora_down" if kind == "lora_A" else "lora_up", value
+
+
+def to_kohya_names(peft_state: dict, name_of, alpha_of) -> dict[str, torch.Tensor]:
+    """peft adapter state -> kohya keys: ``name_of(path).lora_down.weight`` / ``.lora_up.weight`` and
+    ``.alpha`` = ``alpha_of(path)`` (the trained alpha, not the rank diffusers' converter writes)."""
+    out = {}
+    for path, kind, value in _peft_pairs(peft_state):
+        name = name_of(path)
+        out[f"{name}.{kind}.weight"] = value.detach().clone()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha_of(path)))
+    return out
+
+
 def peft_to_kohya(peft_state: dict, alpha: float, prefix: str = "unet", conv_modules=(),
                   conv_alpha: float = 1.0) -> dict[str, torch.Tensor]:
-    """peft adapter state (``<path>.lora_A.weight``) -> kohya keys, with the trained alphas
-    (``conv_alpha`` for the modules in ``conv_modules``, ``alpha`` for the others).
-
-    diffusers' converter writes alpha = rank for every module; the real alpha is set here, or
-    the LoRA would load at the wrong strength everywhere.
-    """
-    from diffusers.utils import convert_state_dict_to_kohya
-
-    kohya = convert_state_dict_to_kohya({f"{prefix}.{k}": v for k, v in peft_state.items()})
-    conv_keys = {f"lora_{prefix}_" + name.replace(".", "_") + ".alpha" for name in conv_modules}
-    return {k: (torch.tensor(float(conv_alpha if k in conv_keys else alpha)) if k.endswith(".alpha")
-                else v.detach().clone()) for k, v in kohya.items()}
+    """A UNet's peft adapter state -> ``lora_unet_<diffusers path>`` keys with ``conv_alpha`` for the
+    modules in ``conv_modules`` and ``alpha`` for the others."""
+    convs = set(conv_modules)
+    return to_kohya_names(peft_state, lambda path: f"lora_{prefix}_" + path.replace(".", "_"),
+                          lambda path: conv_alpha if path in convs else alpha)
 
 
 def text_encoder_to_kohya(peft_state: dict, component: str, family: str, alpha: float) -> dict[str, torch.Tensor]:
     """A CLIP text encoder's peft adapter state -> ``lora_te(1|2)_text_model_...`` keys."""
     from .names import kohya_name
 
-    out = {}
-    for key, value in peft_state.items():
-        path, kind = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
-        name = kohya_name(component, path, family)
-        out[f"{name}.{'lora_down' if kind == 'lora_A' else 'lora_up'}.weight"] = value.detach().clone()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return out
+    return to_kohya_names(peft_state, lambda path: kohya_name(component, path, family), lambda path: alpha)
+
+
+# what kohya keeps with no_metadata (train_util.SS_METADATA_MINIMUM_KEYS): enough to load the network
+SS_MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                   "ss_network_args")
+
+
+def network_args_metadata(config) -> dict[str, str]:
+    """kohya's ``ss_network_args``: the network_args as given (strings), with a top-level
+    conv_dim/conv_alpha written the way kohya users give them."""
+    from .targets import parse_network_args
+
+    args = parse_network_args(config.network_args)
+    if config.conv_dim and "conv_dim" not in args:
+        args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
+    return args
 
 
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float,
-                   buckets: dict | None = None) -> dict[str, str]:
+                   buckets: dict | None = None, tensor_names=(), thumbnail=None) -> dict[str, str]:
+    """kohya's ss_* keys, modelspec.* (modelspec.py; ``thumbnail``: the image used when the config
+    names none) and ours (lt_*). With no_metadata, only kohya's minimum and modelspec, as kohya."""
     width, height = config.size()
     dirs = {}
     for item in dataset.train_items:
@@ -76,14 +100,13 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network_dim),
         "ss_network_alpha": str(float(config.network_alpha)),
-        "ss_network_args": json.dumps({"conv_dim": str(config.conv_dim), "conv_alpha": str(config.conv_alpha)}
-                                      if config.conv_dim else {}),
+        "ss_network_args": json.dumps(network_args_metadata(config)),
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": Path(config.pretrained_model_name_or_path).name,
         "ss_learning_rate": str(config.learning_rate),
         "ss_unet_lr": str(config.unet_lr if config.unet_lr is not None else config.learning_rate),
         "ss_text_encoder_lr": str(config.text_encoder_lr or 0),
-        "ss_network_train_unet_only": str(not config.text_encoder_lr),
+        "ss_network_train_unet_only": str(not config.trains_text_encoder),
         "ss_optimizer": config.optimizer_type,
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_max_train_steps": str(steps),
@@ -105,13 +128,8 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_training_started_at": str(started_at),
         "ss_training_finished_at": str(time.time()),
         "ss_output_name": config.output_name,
+        "ss_training_comment": config.training_comment or "None",  # kohya writes str(None) when unset
         "ss_v2": "False",
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": family.modelspec_architecture,
-        "modelspec.implementation": "diffusers",
-        "modelspec.title": config.output_name,
-        "modelspec.resolution": f"{width}x{height}",
-        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started_at)),
         "lt_family": family.name,
         "lt_preset": config.preset or "none",
         "lt_config": config.to_toml(),
@@ -123,9 +141,22 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         meta.update(ss_enable_bucket="True", ss_bucket_info=bucket_metadata(dataset, buckets),
                     ss_min_bucket_reso=str(config.min_bucket_reso), ss_max_bucket_reso=str(config.max_bucket_reso),
                     ss_bucket_no_upscale=str(config.bucket_no_upscale))
-    if config.class_tokens:
-        meta["modelspec.trigger_phrase"] = config.class_tokens
-    return meta
+    if any(item.subset is not None for item in dataset.items):  # kohya's dataset config: per dataset
+        from ..data.datasets_metadata import datasets_metadata
+
+        for key in ("ss_batch_size_per_device", "ss_resolution", "ss_enable_bucket", "ss_bucket_info",
+                    "ss_min_bucket_reso", "ss_max_bucket_reso", "ss_bucket_no_upscale"):
+            meta.pop(key, None)  # kohya writes these into ss_datasets, each dataset's own
+        meta.update(datasets_metadata(dataset, buckets))
+    if config.no_metadata:
+        meta = {key: value for key, value in meta.items() if key in SS_MINIMUM_KEYS}
+    return meta | modelspec_metadata(config, family, tensor_names, thumbnail)
+
+
+def is_minimum(metadata: dict) -> bool:
+    """Metadata as no_metadata leaves it: kohya's minimum ss_* keys and modelspec.*, nothing else."""
+    return any(key in SS_MINIMUM_KEYS for key in metadata) and \
+        all(key in SS_MINIMUM_KEYS or key.startswith("modelspec.") for key in metadata)
 
 
 def fold_alpha(peft_state: dict, prefix: str, alpha_of) -> dict[str, torch.Tensor]:
@@ -152,5 +183,7 @@ def save_lora(lora: TrainedLora, path, precision: str = "fp16", layout: str = "k
     dtype = SAVE_DTYPES[precision]
     source = lora.tensors if layout == "kohya" else lora.diffusers
     tensors = {k: v.to(dtype) for k, v in source.items()}
-    metadata = dict(lora.metadata, ss_save_precision=precision)
+    metadata = dict(lora.metadata)
+    if not is_minimum(metadata):  # no_metadata: kohya's minimum only
+        metadata["ss_save_precision"] = precision
     return save_safetensors(Path(path), tensors, metadata)

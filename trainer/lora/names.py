@@ -96,6 +96,22 @@ def ldm_to_diffusers(config) -> dict[str, str]:
     return _ldm_map(_config_key(config))
 
 
+@lru_cache(maxsize=8)
+def _diffusers_to_ldm(config_json: str) -> dict[str, str]:
+    return {path: ldm for ldm, path in _ldm_map(config_json).items()}
+
+
+def unet_file_name(path: str, family: str, config) -> str:
+    """The kohya module name a UNet LoRA file uses for diffusers ``path``: SGM (LDM) naming for SDXL,
+    as kohya's sdxl_train_network writes (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``);
+    diffusers naming for SD1.5 (kohya's SD1.5 UNet has diffusers' names) and Kolors (as before)."""
+    if family == "sdxl":
+        ldm = _diffusers_to_ldm(_config_key(config)).get(path)
+        if ldm:
+            return "lora_unet_" + ldm.replace(".", "_")
+    return "lora_unet_" + path.replace(".", "_")
+
+
 def unet_lookup(config) -> dict[str, str]:
     """Every underscore name a kohya UNet LoRA may use (diffusers or LDM naming) -> diffusers path."""
     table = {path.replace(".", "_"): path for path in unet_modules(config)}

@@ -3,6 +3,8 @@ up zero)."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 ADAPTER = "lt_lora"
@@ -20,38 +22,59 @@ def conv_module_names(unet, conv_targets: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _exact(path: str) -> str:
+    return f"^{path.replace('.', '[.]')}$"
+
+
+def add_lora_modules(unet, modules: dict[str, tuple[int, float]], adapter_name: str = ADAPTER,
+                     dropout: float = 0.0) -> list:
+    """Inject LoRA into exactly ``modules`` ({path: (rank, alpha)}) of ``unet`` (a diffusers model or
+    a text encoder); return the trainable parameters (kept in fp32)."""
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
+
+    drop_adapter(unet, adapter_name)  # training again on the same pipeline starts a fresh LoRA
+    if not modules:
+        raise RuntimeError(f"LoRA matched no module of {type(unet).__name__}")
+    (rank, alpha), _ = Counter(modules.values()).most_common(1)[0]
+    others = {path: ra for path, ra in modules.items() if ra != (rank, alpha)}
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(modules),
+                        rank_pattern={_exact(p): int(r) for p, (r, _) in others.items()},
+                        alpha_pattern={_exact(p): float(a) for p, (_, a) in others.items()},
+                        lora_dropout=float(dropout), init_lora_weights=True)
+    if isinstance(unet, ModelMixin):  # diffusers keeps its own adapter bookkeeping
+        unet.add_adapter(config, adapter_name=adapter_name)
+    else:  # see add_text_encoder_lora: peft itself, not transformers' version-gated wrapper
+        inject_adapter_in_model(config, unet, adapter_name=adapter_name)
+    return _trainable(unet, adapter_name, list(modules)[:3])
+
+
 def add_unet_lora(unet, rank: int, alpha: float, targets: list[str], adapter_name: str = ADAPTER,
                   conv_rank: int = 0, conv_alpha: float = 1.0, conv_targets: list[str] = (),
                   dropout: float = 0.0) -> list:
-    """Inject LoRA into ``unet``'s ``targets`` (and, with ``conv_rank``, into ``conv_targets`` at
-    their own rank/alpha); return the trainable parameters (kept in fp32)."""
-    from peft import LoraConfig
-
-    drop_adapter(unet, adapter_name)  # training again on the same pipeline starts a fresh LoRA
-    convs = conv_module_names(unet, list(conv_targets)) if conv_rank else []
-    patterns = {f"^{name.replace('.', '[.]')}$": None for name in convs}
-    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=list(targets) + convs,
-                        rank_pattern={p: int(conv_rank) for p in patterns},
-                        alpha_pattern={p: float(conv_alpha) for p in patterns},
-                        lora_dropout=float(dropout), init_lora_weights=True)
-    unet.add_adapter(config, adapter_name=adapter_name)
-    return _trainable(unet, adapter_name, targets)
+    """LoRA on the modules whose names end with ``targets`` (and, with ``conv_rank``, on the convs
+    ending with ``conv_targets`` at their own rank/alpha): a hand-picked set, for tools and tests;
+    training builds kohya's set (targets.unet_targets + add_lora_modules)."""
+    modules = {name.removesuffix(".base_layer"): (int(rank), float(alpha)) for name, module in unet.named_modules()
+               if type(module) in (torch.nn.Linear, torch.nn.Conv2d) and ".lora_" not in name
+               and any(name.removesuffix(".base_layer").endswith("." + t) for t in targets)}
+    for name in (conv_module_names(unet, list(conv_targets)) if conv_rank else []):
+        modules[name] = (int(conv_rank), float(conv_alpha))
+    return add_lora_modules(unet, modules, adapter_name, dropout)
 
 
 def add_text_encoder_lora(encoder, rank: int, alpha: float, adapter_name: str = ADAPTER,
-                          dropout: float = 0.0) -> list:
-    """LoRA on a CLIP text encoder's attention and MLP linears; returns the trainable parameters.
+                          dropout: float = 0.0, modules: dict | None = None) -> list:
+    """LoRA on a CLIP text encoder's attention and MLP linears (kohya's set), or on ``modules``
+    ({path: (rank, alpha)}); returns the trainable parameters.
 
     Injected by peft itself, not through transformers' ``add_adapter``: its peft version gate
     moves between releases (transformers 5.24 refuses peft < 0.22 while the index's newest
     peft is 0.21.2), and peft's own API is what that wrapper calls anyway."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from .targets import text_encoder_targets
 
-    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), target_modules=TEXT_ENCODER_TARGETS,
-                        lora_dropout=float(dropout), init_lora_weights=True)
-    drop_adapter(encoder, adapter_name)
-    inject_adapter_in_model(config, encoder, adapter_name=adapter_name)
-    return _trainable(encoder, adapter_name, TEXT_ENCODER_TARGETS)
+    return add_lora_modules(encoder, modules if modules is not None else text_encoder_targets(encoder, rank, alpha),
+                            adapter_name, dropout)
 
 
 def drop_adapter(module, adapter_name: str) -> None:

@@ -19,6 +19,8 @@ class Callbacks:
     on_step: Callable[[int, int, float], None] | None = None  # (step, total, loss)
     on_samples: Callable[[int, dict], None] | None = None  # (step, {name: png path})
     on_loss: Callable[[int, float, float], None] | None = None  # (step, loss, smoothed loss)
+    # (step, {kohya's log name: value}) before on_step, e.g. scale_weight_norms' max_norm/keys_scaled
+    on_metrics: Callable[[int, dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
     log: Callable[[str], None] = print
 

@@ -62,14 +62,16 @@ def state_bytes(params, config, steps: int) -> int:
 def save_needs(config, params, family, dataset, buckets, steps: int, world: int = 1) -> list[Need]:
     """What the run writes into output_dir besides the caches."""
     from ..lora.kohya_format import build_metadata
+    from ..lora.modelspec import thumbnail_allowance
     from ..sample_prompts import parse_prompt_line
     from .bucketing import steps_per_epoch
 
-    per_epoch = max(1, math.ceil(steps_per_epoch(dataset, buckets, config.train_batch_size * world)
+    per_epoch = max(1, math.ceil(steps_per_epoch(dataset, buckets, config.train_batch_size * world, world)
                                  / config.gradient_accumulation_steps))
     epochs = math.ceil(steps / per_epoch)
-    lora = lora_file_bytes(params, config.save_precision,
-                           build_metadata(config, family, dataset, steps, epochs, time.time(), buckets))
+    metadata = build_metadata(config, family, dataset, steps, epochs, time.time(), buckets)
+    metadata["modelspec.thumbnail"] = "x" * thumbnail_allowance(config)  # a sample's, or the one named
+    lora = lora_file_bytes(params, config.save_precision, metadata)
     needs = [Need(f"the LoRA {size_text(lora)}", lora), Need("loss CSV and chart", steps * 32 + 200_000)]
     every, keep = config.save_every_n_epochs, config.save_last_n_epochs
     saves = (epochs - 1) // every if every else 0  # the last epoch is the final save
@@ -78,9 +80,25 @@ def save_needs(config, params, family, dataset, buckets, steps: int, world: int 
     if saves:
         needs.append(Need(f"{saves} epoch save{'s' if saves > 1 else ''} of {size_text(lora)}", saves * lora,
                           "save fewer epochs (a larger save_every_n_epochs, or save_last_n_epochs)"))
-    if config.save_state:
+    step_saves = step_state_saves = 0
+    if config.save_every_n_steps:  # kohya keeps those of the last save_last_n_steps steps (+ the new one)
+        each = config.save_every_n_steps
+        step_saves = step_state_saves = steps // each
+        if config.save_last_n_steps:
+            step_saves = min(step_saves, config.save_last_n_steps // each + 2)
+        keep_states = config.save_last_n_steps_state or config.save_last_n_steps
+        if keep_states:
+            step_state_saves = min(step_state_saves, keep_states // each + 2)
+    if step_saves:
+        needs.append(Need(f"{step_saves} step save{'s' if step_saves > 1 else ''} of {size_text(lora)}",
+                          step_saves * lora, "save fewer steps (a larger save_every_n_steps, or save_last_n_steps)"))
+    if config.save_state or config.save_state_on_train_end:
         state = state_bytes(params, config, steps)
-        copies = 2 if epochs > 1 else 1  # the new state is complete before the old one is removed
+        copies = 2 if epochs > 1 and config.save_state else 1  # the new state is complete before the old one goes
+        if config.save_state:  # kohya's numbered states beside the epoch and step saves
+            epoch_states = (epochs - 1) // every if every else 0
+            keep = config.save_last_n_epochs_state or config.save_last_n_epochs
+            copies += (min(epoch_states, keep + 1) if keep else epoch_states) + step_state_saves
         needs.append(Need(f"{copies} training state folder{'s' if copies > 1 else ''} of {size_text(state)}",
                           copies * state,
                           "turn off save_state"))

@@ -12,13 +12,14 @@ from .step import batch_time_ids, diffusion_loss, sample_noise
 
 
 def dataset_loss(model, dataset: Dataset, width: int, height: int, seed: int = 0, draws: int = 4,
-                 mixed_precision: str = "no", clip_skip: int | None = None) -> float:
-    """Mean diffusion loss over every image x ``draws`` (noise, timestep) pairs fixed by ``seed``."""
+                 mixed_precision: str = "no", clip_skip: int | None = None, text_options: dict | None = None) -> float:
+    """Mean diffusion loss over every image x ``draws`` (noise, timestep) pairs fixed by ``seed``.
+    text_options: the run's max_token_length / weighted (caption_options.text_options)."""
     device = model.unet.device
     _, autocast = resolve_precision(mixed_precision, device)
     scheduler = model.family.training_scheduler()
     latents_from = LatentSource(model, dataset, width, height)
-    text_from = TextSource(model, clip_skip)
+    text_from = TextSource(model, clip_skip, options=text_options)
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     with torch.inference_mode(False), torch.no_grad():

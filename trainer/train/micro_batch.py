@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .step import batch_time_ids, draw_noise
+from .step import batch_time_ids, draw_input_noise, draw_noise
 
 
 @dataclass
@@ -26,6 +26,7 @@ class MicroBatch:
     noise: torch.Tensor | None = None
     timesteps: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    input_noise: torch.Tensor | None = None  # ip_noise_gamma: the UNet input's noise (target keeps noise)
 
 
 def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Generator,
@@ -37,7 +38,7 @@ def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Gen
     # the caption rng is consumed for the whole global batch on every rank
     captions = [run.caption_for(i, caption_rng) for i in global_indices][mine]
     rngs = None
-    if run.latents_from.augment.active and not run.latents_from.cache:
+    if run.latents_from.augmenting and not run.latents_from.cache:
         seeds = [caption_rng.getrandbits(64) for _ in global_indices]
         rngs = [random.Random(seed) for seed in seeds[mine]]
     shape = run.latents_from.latent_shape(global_indices[0])
@@ -50,9 +51,10 @@ def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Gen
     if batch is not None:
         full[mine] = batch.latents
     noise, timesteps = draw_noise(full, gen, run.scheduler, run.config)
+    input_noise = draw_input_noise(noise, gen, run.config)
     if not local:
         return MicroBatch([], 0.0)
     weights = torch.tensor([run.config.prior_loss_weight if run.dataset.items[i].is_reg else 1.0 for i in local])
     return MicroBatch(local, len(local) / count, batch.latents, run.text_from.batch(captions, run.device),
                       batch_time_ids(run.family, batch, run.width, run.height), noise[mine], timesteps[mine],
-                      weights)
+                      weights, None if input_noise is None else input_noise[mine])

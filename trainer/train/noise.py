@@ -13,6 +13,7 @@ train_util.conditional_loss / get_huber_threshold_if_needed):
   weighted ``discount**i``, then rescale the whole tensor to unit std. Seed 000 recommends 6-10
   iterations and a discount of 0.3-0.8; kohya's default discount is 0.3.
 * min_timestep / max_timestep: timesteps uniform in [min, max).
+* ip_noise_gamma (+ _random_strength): extra noise on the UNet's input only (input_perturbation).
 * min_snr_gamma: per-sample loss weight min(SNR, gamma) / SNR (epsilon prediction) or
   min(SNR, gamma) / (SNR + 1) (v prediction).
 * loss_type l2 | l1 | huber | smooth_l1 with huber_c: huber = 2c(sqrt((a-b)^2 + c^2) - c),
@@ -89,6 +90,18 @@ def pyramid_noise(noise: torch.Tensor, generator: torch.Generator, iterations: i
         if hn == 1 or wn == 1:
             break
     return (out / out.std()).to(noise.dtype)
+
+
+def input_perturbation(noise: torch.Tensor, generator: torch.Generator, gamma: float | None,
+                       random_strength: bool = False) -> torch.Tensor | None:
+    """kohya's ip_noise_gamma (input perturbation, arxiv.org/abs/2301.11706): the noise that makes
+    the UNet's input is ``noise + strength * randn``, while the target stays ``noise``.
+    strength = gamma, or uniform in [0, gamma) per batch with random_strength. None when off (and
+    then nothing is drawn, so runs without it keep their random sequence)."""
+    if not gamma:
+        return None
+    strength = gamma * _rand(generator) if random_strength else gamma
+    return noise + strength * _randn(noise.shape, generator, noise)
 
 
 def sample_timesteps(batch: int, generator: torch.Generator, num_train_timesteps: int,

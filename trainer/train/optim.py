@@ -1,61 +1,45 @@
 """Optimizers and learning-rate schedules under kohya-ss/sd-scripts' names and semantics.
 
-``build_optimizer`` mirrors kohya's ``train_util.get_optimizer``: ``optimizer_type`` is matched
-case-insensitively (``AdamW8bit`` == ``adamw8bit``), ``optimizer_args`` is kohya's list of
-``"key=value"`` strings whose values are Python literals (``["weight_decay=0.01",
-"betas=(0.9,0.99)"]``) or an already-parsed dict, and every argument is passed through to the
-optimizer class unchanged. Differences from kohya, all on the side of not crashing a run:
+``build_optimizer`` is kohya's ``train_util.get_optimizer``: every ``optimizer_type`` kohya
+knows (the table in optimizers.py, matched case-insensitively), a torch.optim class by name, or
+any importable ``"module.Class"``; ``optimizer_args`` is kohya's list of ``"key=value"`` strings
+whose values are Python literals (``["weight_decay=0.01", "betas=(0.9,0.99)"]``), passed to the
+class unchanged. An optional package is imported only when its optimizer is chosen, and a
+missing one stops the run naming the ``pip install``. Differences from kohya, all on the side of
+not crashing a run:
 
-* ``AdamW8bit`` falls back to torch's AdamW, with a warning through ``log``, when bitsandbytes
-  cannot run here (not installed, no kernel for this device/platform). Users on Windows/macOS
-  without a CUDA bitsandbytes get a working run instead of an ImportError.
-* ``Adafactor`` defaults to ``scale_parameter=False, relative_step=False, warmup_init=False`` (the
-  settings kohya's SDXL documentation recommends for LoRA, and the only ones that honour the
-  configured learning rate). kohya's code itself defaults ``relative_step=True`` when the args
-  leave it out; pass ``relative_step=True`` to get that behaviour (the lr then becomes
-  Adafactor's own schedule, and ``build_lr_scheduler`` returns ``AdafactorSchedule``).
-* Paged* optimizers and the bitsandbytes-only 8-bit variants other than AdamW8bit raise a
-  TrainerError naming a supported alternative.
+* The bitsandbytes kinds (AdamW8bit, Lion8bit, SGDNesterov8bit, the Paged ones) fall back to
+  their plain counterpart, with a warning through ``log``, when bitsandbytes cannot run here
+  (not installed, no kernel for this device/platform). Its CPU build (0.45+) runs them all.
+* ``SGD`` with ``nesterov=True`` and no momentum gets kohya's SGDNesterov momentum 0.9.
 
-``build_lr_scheduler`` is kohya's ``get_scheduler_fix`` for the diffusers schedules:
-``lr_warmup_steps`` is a step count, or (a float below 1) a ratio of the total steps.
+Schedule-free optimizers are left in train mode; ``evaluation_weights`` is kohya's
+optimizer_eval_fn/optimizer_train_fn pair around sampling, saving and validation. The
+learning-rate schedules are in lr_schedule.py.
 """
 
 from __future__ import annotations
 
 import ast
-import math
+import contextlib
 import re
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
 from ..errors import TrainerError
+from .optimizers import KINDS, OptimizerKind, find_kind, load_class
 
-OPTIMIZERS = ("AdamW", "AdamW8bit", "Lion", "Prodigy", "Adafactor", "SGD", "SGDNesterov")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-
-# kohya accepts these names but they need CUDA-only code paths (paging, 8-bit kernels) or a
-# package this pack does not depend on; map each to the nearest supported choice.
-_UNSUPPORTED = {
-    "pagedadamw8bit": "AdamW8bit",
-    "pagedadamw": "AdamW",
-    "pagedadamw32bit": "AdamW",
-    "pagedlion8bit": "Lion",
-    "lion8bit": "Lion",
-    "sgdnesterov8bit": "SGDNesterov",
-    "ademamix8bit": "AdamW8bit",
-    "pagedademamix8bit": "AdamW8bit",
-}
-_SCHEDULER_ALIASES = {"cosine_with_restart": "cosine_with_restarts", "cosine_restarts": "cosine_with_restarts",
-                      "constant_warmup": "constant_with_warmup", "poly": "polynomial"}
+OPTIMIZERS = tuple(k.name for k in KINDS)
+# bitsandbytes-only arguments, dropped when a bitsandbytes kind falls back to its plain kind
+_BNB_ONLY_ARGS = ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise", "is_paged")
 
 
 # -- optimizer_args -----------------------------------------------------------------------------
-def parse_optimizer_args(optimizer_args) -> dict:
-    """kohya's ``optimizer_args``: a list of ``"key=value"`` strings (values are Python literals:
-    ``0.01``, ``True``, ``(0.9, 0.99)``), one string with several such pairs separated by spaces
-    (how kohya_ss GUI stores them), or a dict (returned as a copy)."""
+def parse_optimizer_args(optimizer_args, what: str = "optimizer_args") -> dict:
+    """kohya's ``optimizer_args`` (and ``lr_scheduler_args``): a list of ``"key=value"`` strings
+    (values are Python literals: ``0.01``, ``True``, ``(0.9, 0.99)``, ``'text'``), one string with
+    several such pairs separated by spaces (how kohya_ss GUI stores them), or a dict (copied)."""
     if optimizer_args is None or optimizer_args == "" or optimizer_args == []:
         return {}
     if isinstance(optimizer_args, dict):
@@ -68,10 +52,10 @@ def parse_optimizer_args(optimizer_args) -> dict:
         if not text:
             continue
         if "=" not in text:
-            raise TrainerError(f"optimizer_args entry '{text}' is not key=value: write it like weight_decay=0.01.")
+            raise TrainerError(f"{what} entry '{text}' is not key=value: write it like weight_decay=0.01.")
         key, value = (part.strip() for part in text.split("=", 1))
         if not key.isidentifier():
-            raise TrainerError(f"optimizer_args entry '{text}': '{key}' is not an argument name.")
+            raise TrainerError(f"{what} entry '{text}': '{key}' is not an argument name.")
         try:
             parsed[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -79,22 +63,15 @@ def parse_optimizer_args(optimizer_args) -> dict:
                 parsed[key] = value.lower() == "true"
             else:
                 raise TrainerError(
-                    f"optimizer_args entry '{text}': value '{value}' is not a number, True/False, a tuple or a "
-                    "quoted string (e.g. betas=(0.9,0.99)).") from None
+                    f"{what} entry '{text}': value '{value}' is not a number, True/False, a tuple or a "
+                    "quoted string (e.g. betas=(0.9,0.99) or step_rules='1:10,0.1').") from None
     return parsed
 
 
 def normalize_optimizer_type(name: str) -> str:
-    """The canonical spelling of a kohya optimizer name (case-insensitive); TrainerError otherwise."""
-    key = (name or "AdamW").strip().lower().replace("-", "").replace("_", "")
-    for canonical in OPTIMIZERS:
-        if canonical.lower() == key:
-            return canonical
-    if key in _UNSUPPORTED:
-        raise TrainerError(
-            f"optimizer_type '{name}' needs CUDA-only bitsandbytes features and is not supported here: "
-            f"use {_UNSUPPORTED[key]}.")
-    raise TrainerError(f"optimizer_type '{name}' is not supported: use one of {', '.join(OPTIMIZERS)}.")
+    """The canonical spelling of an ``optimizer_type`` (kohya's for its names, the torch.optim
+    class name, or the "module.Class" as given); TrainerError for an unknown one."""
+    return find_kind(name).name
 
 
 def _group_lrs(params_groups, lr: float) -> list[float]:
@@ -104,20 +81,32 @@ def _group_lrs(params_groups, lr: float) -> list[float]:
     return [float(lr)]
 
 
-def _bnb_adamw8bit_works(device) -> str | None:
-    """None when bitsandbytes' AdamW8bit runs on ``device``; else the reason it does not."""
+def _bnb_works(kind: OptimizerKind, device) -> str | None:
+    """None when bitsandbytes' ``kind`` runs on ``device``; else the reason it does not."""
     try:
-        import bitsandbytes as bnb
-    except Exception as err:  # ImportError, or a broken native library raising anything
+        cls = load_class(kind)
+    except Exception as err:  # TrainerError, or a broken native library raising anything
         return f"bitsandbytes is not importable ({type(err).__name__}: {err})"
     try:
         # One real step on a tensor big enough for the 8-bit state (bnb keeps < 4096 in 32-bit).
         probe = torch.nn.Parameter(torch.zeros(4096, device=device))
         probe.grad = torch.ones_like(probe)
-        bnb.optim.AdamW8bit([probe], lr=1e-3).step()
+        with _quiet_paging():
+            cls([probe], lr=1e-3, **({"momentum": 0.9} if kind.nesterov else {})).step()
     except Exception as err:
-        return f"bitsandbytes has no 8-bit kernel for {torch.device(device).type} here ({type(err).__name__}: {err})"
+        return f"bitsandbytes has no {kind.name} kernel for {torch.device(device).type} here ({type(err).__name__}: {err})"
     return None
+
+
+@contextlib.contextmanager
+def _quiet_paging():
+    """bitsandbytes warns on every CPU step of a Paged optimizer that it runs unpaged: once is
+    enough (the build logs it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported")
+        yield
 
 
 def _fused_default(device: torch.device, kwargs: dict) -> dict:
@@ -138,172 +127,108 @@ def build_optimizer(optimizer_type: str, params_groups, lr: float, optimizer_arg
     dicts that may carry their own ``lr``) with default learning rate ``lr``.
 
     ``optimizer_args`` (list of "key=value" or dict) is passed to the optimizer as keyword
-    arguments. ``device`` is where the parameters live (used to check that 8-bit kernels run).
-    ``log`` receives warnings and notes (fallbacks, unusual learning rates)."""
-    name = normalize_optimizer_type(optimizer_type)
+    arguments. ``device`` is where the parameters live (decides whether bitsandbytes can run).
+    Notes and warnings go through ``log``. A schedule-free optimizer comes back in train mode."""
+    kind = find_kind(optimizer_type)
     kwargs = parse_optimizer_args(optimizer_args)
-    params = list(params_groups)
-    if not params:
-        raise TrainerError("No trainable parameters were given to the optimizer: check network_dim and the LoRA targets.")
-    lr = float(lr)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    lrs = _group_lrs(params, lr)
-
-    def make(cls, **extra):
-        try:
-            return cls(params, **extra, **kwargs)
-        except TypeError as err:
-            raise TrainerError(f"optimizer_args {sorted(kwargs)} do not fit {name}: {err}.") from None
-        except ValueError as err:
-            raise TrainerError(f"{name}: invalid setting ({err}); check learning_rate and optimizer_args.") from None
-
-    if name == "AdamW":
-        return make(torch.optim.AdamW, lr=lr, **_fused_default(device, kwargs))
-
-    if name == "AdamW8bit":
-        reason = _bnb_adamw8bit_works(device)
-        if reason is None:
-            import bitsandbytes as bnb
-
-            return make(bnb.optim.AdamW8bit, lr=lr)
-        log(f"warning: AdamW8bit is not available ({reason}); using torch AdamW instead. It needs more "
-            "memory for the optimizer state; choose optimizer_type AdamW to silence this warning.")
-        name = "AdamW (fallback from AdamW8bit)"
-        for key in ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise", "is_paged"):
-            if kwargs.pop(key, None) is not None:
-                log(f"note: optimizer_args '{key}' only applies to bitsandbytes and was dropped.")
-        return make(torch.optim.AdamW, lr=lr, **_fused_default(device, kwargs))
-
-    if name == "Lion":
-        try:
-            from lion_pytorch import Lion
-        except ImportError:
-            raise TrainerError("optimizer_type Lion needs the lion-pytorch package: pip install lion-pytorch "
-                               "(or choose AdamW).") from None
-        if max(lrs) >= 1e-4:
-            log(f"note: Lion usually wants about 1/10 of AdamW's learning rate (got {max(lrs):g}); "
-                "try 1e-5 if training diverges.")
-        return make(Lion, lr=lr)
-
-    if name == "Prodigy":
-        try:
-            from prodigyopt import Prodigy
-        except ImportError:
-            raise TrainerError("optimizer_type Prodigy needs the prodigyopt package: pip install prodigyopt "
-                               "(or choose AdamW).") from None
-        off = [v for v in lrs if not 0.5 <= v <= 2.0]
-        if off:
-            log(f"warning: Prodigy sets the step size itself; learning_rate (and unet_lr) should be about 1.0 "
-                f"(got {', '.join(f'{v:g}' for v in lrs)}). Set them to 1.0 unless you mean to scale Prodigy.")
-        if len(set(lrs)) > 1:
-            log("warning: Prodigy adapts one step size for all groups; different per-group learning rates "
-                "only scale it.")
-        return make(Prodigy, lr=lr)
-
-    if name == "Adafactor":
-        from transformers.optimization import Adafactor
-
-        kwargs.setdefault("scale_parameter", False)
-        kwargs.setdefault("relative_step", False)
-        kwargs.setdefault("warmup_init", False)
-        if kwargs["warmup_init"] and not kwargs["relative_step"]:
-            log("note: Adafactor warmup_init=True needs relative_step=True; turning relative_step on (as kohya does).")
-            kwargs["relative_step"] = True
-        if kwargs["relative_step"]:
-            log("note: Adafactor relative_step=True computes its own learning rate; learning_rate / unet_lr "
-                "are ignored and the lr scheduler becomes Adafactor's.")
-            for group in params:
-                if isinstance(group, dict):
-                    group.pop("lr", None)
-            return make(Adafactor, lr=None)
-        return make(Adafactor, lr=lr)
-
-    # SGD / SGDNesterov (kohya's SGDNesterov forces nesterov=True and defaults momentum to 0.9)
-    if name == "SGDNesterov":
+    params = list(params_groups)
+    if kind.fallback:
+        reason = _bnb_works(kind, device)
+        if reason is not None:
+            plain = find_kind(kind.fallback)
+            log(f"warning: {kind.name} is not available ({reason}); using {plain.name} ({plain.path}) instead, "
+                f"without bitsandbytes' 8-bit state or paging. Choose optimizer_type {plain.name} to silence this.")
+            for key in _BNB_ONLY_ARGS:
+                if kwargs.pop(key, None) is not None:
+                    log(f"note: optimizer_args '{key}' only applies to bitsandbytes and was dropped.")
+            kind = plain
+        elif kind.name.startswith("Paged") and device.type != "cuda":
+            log(f"note: {kind.name} pages its state to host memory on CUDA only; on {device.type} it runs unpaged.")
+    _advise(kind, _group_lrs(params, lr), log)
+    if kind.nesterov:  # kohya's SGDNesterov(8bit)
         kwargs["nesterov"] = True
-    if kwargs.get("nesterov") and not kwargs.get("momentum"):
+    if kind.path.endswith((".SGD", ".SGD8bit")) and kwargs.get("nesterov") and not kwargs.get("momentum"):
         log("note: SGD with nesterov=True needs momentum; using momentum=0.9 (as kohya does).")
         kwargs["momentum"] = 0.9
-    return make(torch.optim.SGD, lr=lr)
+    if kind.name == "Adafactor":
+        lr = _adafactor_lr(kwargs, params, lr, log)
+    if kind.name == "AdamW":
+        kwargs.update(_fused_default(device, kwargs))
+    cls = load_class(kind)
+    try:
+        optimizer = cls(params, lr=lr, **kwargs)
+    except TypeError as err:
+        raise TrainerError(f"optimizer_args {sorted(kwargs)} do not fit {kind.name}: {err}.") from None
+    except (ValueError, NotImplementedError) as err:
+        raise TrainerError(f"{kind.name}: invalid setting ({err}); check learning_rate and optimizer_args.") from None
+    if is_schedule_free(optimizer):
+        optimizer.train()  # kohya: train mode from the start; eval only around samples and saves
+    return optimizer
 
 
-# -- lr scheduler ---------------------------------------------------------------------------------
-def warmup_step_count(warmup_steps, total_steps: int) -> int:
-    """kohya's lr_warmup_steps: an int is a step count; a float below 1 is a ratio of
-    ``total_steps`` (0.1 of 100 steps = 10). A float >= 1 (as TOML may give) counts steps."""
-    if warmup_steps is None:
-        return 0
-    value = float(warmup_steps)
-    if value < 0 or math.isnan(value):
-        raise TrainerError(f"lr_warmup_steps must be 0 or more (got {warmup_steps}).")
-    if isinstance(warmup_steps, float) and value < 1:
-        return int(value * total_steps)
-    if value != int(value):
-        raise TrainerError(f"lr_warmup_steps {warmup_steps}: give a whole number of steps or a ratio below 1 (e.g. 0.1).")
-    return int(value)
+def _advise(kind: OptimizerKind, lrs: list[float], log: Callable[[str], None]) -> None:
+    """kohya's learning-rate hints for Lion and the step-size-estimating optimizers."""
+    if kind.name in ("Lion", "Lion8bit", "PagedLion8bit") and max(lrs) >= 1e-4:
+        log(f"note: Lion usually wants about 1/10 of AdamW's learning rate (got {max(lrs):g}); "
+            "try 1e-5 if training diverges.")
+    if kind.adaptive:
+        if any(not 0.5 <= v <= 2.0 for v in lrs):
+            log(f"warning: {kind.name} sets the step size itself; learning_rate (and unet_lr) should be about 1.0 "
+                f"(got {', '.join(f'{v:g}' for v in lrs)}). Set them to 1.0 unless you mean to scale {kind.name}.")
+        if len(set(lrs)) > 1:
+            log(f"warning: {kind.name} adapts one step size for all groups; different per-group learning rates "
+                "only scale it.")
 
 
-def normalize_scheduler_name(name: str) -> str:
-    key = re.sub(r"[\s\-]+", "_", (name or "constant").strip().lower())
-    key = _SCHEDULER_ALIASES.get(key, key)
-    if key.startswith("adafactor"):
-        return "adafactor"
-    if key not in SCHEDULERS:
-        raise TrainerError(f"lr_scheduler '{name}' is not supported: use one of {', '.join(SCHEDULERS)}.")
-    return key
+def _adafactor_lr(kwargs: dict, params: list, lr: float, log: Callable[[str], None]):
+    """kohya's Adafactor: relative_step=True unless optimizer_args say otherwise; then the
+    learning rate is Adafactor's own (lr None, group lrs dropped) and so is the schedule."""
+    if "relative_step" not in kwargs:
+        kwargs["relative_step"] = True  # kohya's default (transformers' too)
+    if kwargs.get("warmup_init") and not kwargs["relative_step"]:
+        log("note: Adafactor warmup_init=True needs relative_step=True; turning relative_step on (as kohya does).")
+        kwargs["relative_step"] = True
+    if not kwargs["relative_step"]:
+        return lr
+    log("note: Adafactor with relative_step=True (kohya's default) computes its own learning rate: learning_rate, "
+        "unet_lr and text_encoder_lr are ignored and the lr scheduler is Adafactor's. For a fixed learning rate set "
+        'optimizer_args = ["scale_parameter=False", "relative_step=False", "warmup_init=False"].')
+    for group in params:
+        if isinstance(group, dict):
+            group.pop("lr", None)
+    return None
 
 
-def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup_steps, total_steps: int,
-                       num_cycles: int = 1, power: float = 1.0, log: Callable[[str], None] = print):
-    """A ``torch.optim.lr_scheduler.LambdaLR`` from ``diffusers.optimization.get_scheduler``.
-
-    name: constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
-    (case-insensitive; "Cosine with Restart" as SeaArt writes it is accepted).
-    warmup_steps: kohya's lr_warmup_steps (count, or ratio < 1 of ``total_steps``).
-    num_cycles: kohya's lr_scheduler_num_cycles, the restarts of cosine_with_restarts (seed 000
-    suggests 3-5). power: kohya's lr_scheduler_power, for polynomial.
-    With Adafactor(relative_step=True) the schedule is transformers' AdafactorSchedule."""
-    key = normalize_scheduler_name(name)
-    total_steps = int(total_steps)
-    if total_steps < 1:
-        raise TrainerError(f"The lr scheduler needs at least 1 training step (got {total_steps}).")
-    warmup = warmup_step_count(warmup_steps, total_steps)
-    if warmup >= total_steps and key != "constant":
-        raise TrainerError(f"lr_warmup_steps ({warmup}) must be below the total steps ({total_steps}): "
-                           "lower it or use a ratio such as 0.1.")
-
-    group = optimizer.param_groups[0]
-    if type(optimizer).__name__ == "Adafactor" and group.get("relative_step"):
-        if key not in ("adafactor", "constant"):
-            log(f"note: lr_scheduler '{name}' is replaced by Adafactor's own schedule (relative_step=True).")
-        if warmup:
-            raise TrainerError("Adafactor with relative_step=True warms up by itself: set lr_warmup_steps to 0.")
-        from transformers.optimization import AdafactorSchedule
-
-        return AdafactorSchedule(optimizer, initial_lr=0.0)
-    if key == "adafactor":
-        raise TrainerError("lr_scheduler 'adafactor' only works with optimizer_type Adafactor and "
-                           "optimizer_args relative_step=True: choose another scheduler.")
-    if key == "constant" and warmup:
-        raise TrainerError(f"lr_scheduler constant ignores lr_warmup_steps ({warmup_steps}): "
-                           "use constant_with_warmup, or set lr_warmup_steps to 0.")
-    if key == "cosine_with_restarts" and int(num_cycles) < 1:
-        raise TrainerError(f"lr_scheduler_num_cycles must be at least 1 (got {num_cycles}); SeaArt suggests 3-5.")
-    if key == "polynomial" and float(power) <= 0:
-        raise TrainerError(f"lr_scheduler_power must be positive (got {power}); 1.0 is linear decay.")
-
-    from diffusers.optimization import get_scheduler
-
-    return get_scheduler(key, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                         num_cycles=int(num_cycles), power=float(power))
+def is_schedule_free(optimizer) -> bool:
+    """Schedule-free optimizers (schedulefree's, ProdigyPlusScheduleFree ...) step one sequence of
+    weights and evaluate another; they say so by having train() and eval()."""
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
 
 
-def lr_curve(scheduler, steps: int) -> list[float]:
-    """The learning rate of the first param group at each of ``steps`` steps (advances the
-    scheduler; for previews and tests, run it on a throwaway optimizer)."""
-    values = []
-    for _ in range(steps):
-        values.append(float(scheduler.get_last_lr()[0]))
-        scheduler.optimizer.step()
-        scheduler.step()
-    return values
+@contextlib.contextmanager
+def evaluation_weights(optimizer):
+    """The weights to sample, save and validate with: a schedule-free optimizer's eval mode inside
+    the block (kohya's optimizer_eval_fn / optimizer_train_fn). Nests; a no-op for the others."""
+    switch = is_schedule_free(optimizer) and optimizer.param_groups[0].get("train_mode", True)
+    if switch:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        if switch:
+            optimizer.train()
+
+
+def start_training(optimizer) -> None:
+    """Before the first step: a schedule-free optimizer in train mode (a resumed state comes back
+    in the eval mode it was saved in)."""
+    if is_schedule_free(optimizer):
+        optimizer.train()
+
+
+def finish_training(optimizer) -> None:
+    """After the last step: leave the weights a schedule-free optimizer evaluates with (kohya ends
+    in eval mode)."""
+    if is_schedule_free(optimizer):
+        optimizer.eval()

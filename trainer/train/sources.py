@@ -9,6 +9,7 @@ second run on the same data does no VAE and no text-encoder work at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -76,14 +77,30 @@ class LatentSource:
         dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.std.float().cpu()
 
+    def _size(self, index: int) -> tuple[int, int]:
+        """(width, height) item ``index`` trains at without a bucket: its dataset's (kohya subsets)
+        or the run's."""
+        subset = self.dataset.items[index].subset
+        return subset.part.resolution if subset is not None else self.size
+
+    def _augment(self, index: int) -> Augment:
+        subset = self.dataset.items[index].subset
+        return Augment.from_config(subset) if subset is not None else self.augment
+
+    @functools.cached_property
+    def augmenting(self) -> bool:
+        """Whether any item is augmented (each sample then draws its own augmentation seed)."""
+        return self.augment.active or any(self._augment(i).active for i in range(len(self.dataset.items))
+                                          if self.dataset.items[i].subset is not None)
+
     def _disk_path(self, index: int) -> Path:
         item = self.dataset.items[index]
-        if self.buckets:
+        if self.buckets and index in self.buckets:
             choice = self.buckets[index]
             top, left = choice.crop_top_left
             place = f"{choice.bucket[0]}x{choice.bucket[1]}_{choice.resized_size[0]}x{choice.resized_size[1]}_{top}_{left}"
         else:
-            place = f"{self.size[0]}x{self.size[1]}_center"
+            place = "{}x{}_center".format(*self._size(index))
         key = f"{file_digest(item.path)}_{self.model_key}_{place}"
         return self.cache_dir / f"{key}.safetensors"
 
@@ -150,21 +167,21 @@ class LatentSource:
         return config.latent_channels, height // factor, width // factor
 
     def _target(self, index: int) -> tuple[int, int]:
-        width, height = self.buckets[index].bucket if self.buckets else self.size
+        width, height = self.buckets[index].bucket if self.buckets and index in self.buckets else self._size(index)
         return height, width
 
     def _fit(self, index: int, rng=None):
         """The image fitted to its bucket (or the training size), augmented when asked."""
-        path, rng = self.dataset.items[index].path, rng or self.rng
-        if self.buckets:
+        path, rng, augment = self.dataset.items[index].path, rng or self.rng, self._augment(index)
+        if self.buckets and index in self.buckets:
             img = open_rgb(path)
             original, choice = (img.height, img.width), self.buckets[index]
-            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), self.augment, rng)),
+            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), augment, rng)),
                                original, choice.crop_top_left)
-        if self.augment.active:
-            fitted = load_augmented(path, *self.size, self.augment, rng)
+        if augment.active:
+            fitted = load_augmented(path, *self._size(index), augment, rng)
         else:
-            fitted = load_fitted(path, *self.size)
+            fitted = load_fitted(path, *self._size(index))
         item = self.dataset.items[index]
         if item.source_size:  # a Smart Crop file: time ids describe the crop in its source
             top, left = item.source_crop
@@ -182,8 +199,9 @@ class TextSource:
     """Encodes captions; with ``cache`` each distinct caption only once (in memory and on disk)."""
 
     def __init__(self, model, clip_skip: int | None, cache: bool = False, cache_dir: Path | None = None,
-                 trainable: bool = False):
+                 trainable: bool = False, options: dict | None = None):
         self.model, self.clip_skip, self.cache, self.trainable = model, clip_skip, cache, trainable
+        self.options = dict(options or {})  # encode_text's max_token_length / weighted (caption_options.py)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.memory: dict[str, Conditioning] = {}
         self.model_key = model_key(model) if cache else ""
@@ -192,10 +210,11 @@ class TextSource:
     def _encode(self, captions: list[str], device) -> Conditioning:
         self.encoder_calls += 1
         with torch.set_grad_enabled(self.trainable):  # gradients only when a text-encoder LoRA trains
-            return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip)
+            return self.model.family.encode_text(self.model.pipe, captions, device, self.clip_skip, **self.options)
 
     def _disk_path(self, caption: str) -> Path:
-        key = hashlib.sha256(f"{caption}|{self.model_key}|{self.clip_skip}".encode()).hexdigest()[:32]
+        options = f"|{sorted(self.options.items())}" if self.options else ""  # 150 tokens: another tensor
+        key = hashlib.sha256(f"{caption}|{self.model_key}|{self.clip_skip}{options}".encode()).hexdigest()[:32]
         return self.cache_dir / f"text_{key}.safetensors"
 
     def _cached(self, caption: str, device) -> Conditioning:

@@ -57,6 +57,37 @@ def state_dir(config) -> Path:
     return inside(config.output_dir, f"{config.output_name}-state")
 
 
+def epoch_state_dir(config, epoch: int) -> Path:
+    """kohya's state of an epoch save (save_state with save_every_n_epochs)."""
+    return inside(config.output_dir, f"{config.output_name}-{epoch:06d}-state")
+
+
+def step_state_dir(config, step: int) -> Path:
+    """kohya's state of a step save (save_state with save_every_n_steps)."""
+    return inside(config.output_dir, f"{config.output_name}-step{step:08d}-state")
+
+
+def copy_state(source: Path, folder: Path) -> Path:
+    """``source`` (a state just written) as ``folder`` too, atomically. Hard links where the drive
+    has them: the copy costs no space until ``source`` is replaced by the next state."""
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        shutil.copytree(source, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
 def save_state(folder: Path, params: dict, optimizer, lr_schedule, scaler, generator: torch.Generator,
                caption_rng, progress: Progress, config) -> Path:
     """Write the state folder atomically (a temp folder renamed over the old one). When that fails

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .noise import diffusion_loss_fn, huber_threshold, loss_weights_min_snr, make_noise, sample_timesteps
+from .loss_weights import apply_loss_weights
+from .noise import diffusion_loss_fn, huber_threshold, input_perturbation, make_noise, sample_timesteps
 
 
 
@@ -28,12 +29,20 @@ def draw_noise(latents: torch.Tensor, generator: torch.Generator, scheduler, con
     return noise.to(latents.device, latents.dtype), timesteps
 
 
+def draw_input_noise(noise: torch.Tensor, generator: torch.Generator, config) -> torch.Tensor | None:
+    """The noise for the UNet's input when ip_noise_gamma is set (drawn after the timesteps, as
+    kohya draws it); None otherwise: the input takes ``noise`` itself."""
+    return input_perturbation(noise, generator, config.ip_noise_gamma, config.ip_noise_gamma_random_strength)
+
+
 def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast,
-                   config=None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+                   config=None, sample_weights: torch.Tensor | None = None,
+                   input_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Loss between the UNet's prediction and the target (epsilon, or v for v-prediction): MSE,
-    or the config's loss_type, with min-SNR weighting when min_snr_gamma is set."""
+    or the config's loss_type, weighted as kohya weights it (loss_weights.py).
+    ``input_noise`` (ip_noise_gamma) noises the input instead of ``noise``; the target keeps ``noise``."""
     unet = model.unet
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, noise if input_noise is None else input_noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
@@ -41,6 +50,8 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
     # diffusers' unet.dtype / unet.device walk every module (16 ms each on SDXL with a LoRA)
     weight = next(unet.parameters())
     dtype, device = weight.dtype, weight.device
+    if dtype.itemsize == 1:  # fp8_base: stored in float8; unet.dtype is the compute dtype
+        dtype = unet.dtype
     kwargs = model.family.unet_kwargs(model.pipe, cond.to(device, dtype),
                                       None if time_ids is None else time_ids.to(device, dtype))
     with autocast:
@@ -51,11 +62,7 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
     if config.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_threshold(scheduler, timesteps, config.huber_c, config.huber_schedule, config.huber_scale)
     per_sample = diffusion_loss_fn(pred, target, config.loss_type, huber_c)
-    weights = loss_weights_min_snr(scheduler, timesteps, config.min_snr_gamma,
-                                   scheduler.config.prediction_type == "v_prediction")
-    if sample_weights is not None:  # prior_loss_weight for regularization samples
-        weights = weights * sample_weights.to(weights.device)
-    return (per_sample * weights.to(per_sample.device)).mean()
+    return apply_loss_weights(per_sample, scheduler, timesteps, config, sample_weights).mean()
 
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, num_timesteps: int):

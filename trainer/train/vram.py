@@ -187,8 +187,11 @@ def estimate_vram(config: TrainConfig, family: str, model=None, include_context:
 
     # LoRA tensors and the U-Net's saved activations, from the LoRA-wrapped architecture
     _, unet_config, _, _, unet_dtype = parts["unet"]
+    from ..lora.targets import network_spec
+
+    spec = network_spec(config, fam)
     profile = unet_profile(unet_config, tokens, width, height, batch, unet_dtype, autocast,
-                           int(config.network_dim), int(config.conv_dim))
+                           spec.dim, spec.conv_dim, spec.target)
     shapes = list(profile.lora_shapes)
     trains_text = config.trains_text_encoder and fam != "kolors"
     text_saved = 0

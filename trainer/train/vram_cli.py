@@ -45,7 +45,7 @@ def vram_command(args) -> int:
     from .vram import GB, estimate_vram, format_changes, suggest_fit
 
     quiet_libraries()
-    values = TrainConfig.from_toml(args.config).to_dict() if args.config else {}
+    values = TrainConfig.from_file(args.config).to_dict() if args.config else {}
     values.update(parse_overrides(getattr(args, "set", None)))
     config = TrainConfig.from_dict(values, source=args.config or "command line").validate()
     family = args.family or config_family(config)

@@ -215,23 +215,23 @@ def unet_inputs(config: dict, batch: int, width: int, height: int, tokens: int, 
 
 
 @lru_cache(maxsize=8)
-def lora_unet(config_json: str, weight_dtype: str, rank: int, conv_rank: int):
-    """A meta UNet in ``weight_dtype`` with our LoRA (kept for the activation runs)."""
-    from ..families.base import ATTENTION_TARGETS, CONV_TARGETS
-    from ..lora.network import add_unet_lora
+def lora_unet(config_json: str, weight_dtype: str, rank: int, conv_rank: int, target: str = "kohya"):
+    """A meta UNet in ``weight_dtype`` with the LoRA training builds (kept for the activation runs)."""
+    from ..lora.network import add_lora_modules
+    from ..lora.targets import NetworkSpec, unet_targets
 
     unet = build("unet", config_json, DTYPES[weight_dtype])
+    spec = NetworkSpec(target, rank, rank, conv_rank, conv_rank or 1, 0.0, 0.0, 0.0, None, None)
     with torch.inference_mode(False):
-        add_unet_lora(unet, rank, rank, ATTENTION_TARGETS, conv_rank=conv_rank, conv_alpha=conv_rank or 1,
-                      conv_targets=CONV_TARGETS)
+        add_lora_modules(unet, unet_targets(unet, spec))
     return unet, _shapes(unet)
 
 
 @lru_cache(maxsize=32)
 def unet_profile(config_json: str, tokens: int, width: int, height: int, batch: int, weight_dtype: str,
-                 autocast: str | None, rank: int, conv_rank: int = 0) -> UnetProfile:
+                 autocast: str | None, rank: int, conv_rank: int = 0, target: str = "kohya") -> UnetProfile:
     """Run the training forward on meta tensors and sum what autograd saves (see module doc)."""
-    unet, shapes = lora_unet(config_json, weight_dtype, rank, conv_rank)
+    unet, shapes = lora_unet(config_json, weight_dtype, rank, conv_rank, target)
     weights = _param_keys(unet)
     saved: dict[int, tuple[int, int | None]] = {}  # storage -> (bytes, block that saved it)
     block_inputs: dict[int, list[tuple[int, int]]] = {}
