@@ -11,7 +11,7 @@ from trainer.errors import TrainerError
 from trainer.train import disk_space, run_setup
 from trainer.train.loop import Callbacks, save_outputs, train
 
-HEAVY = dict(max_train_epochs=3, save_every_n_epochs=1, save_state=True, cache_latents=True,
+HEAVY = dict(max_train_epochs=3, save_every_n_epochs=1, save_state=True, cache_latents=True, network_train_unet_only=True,
              cache_latents_to_disk=True, cache_text_encoder_outputs=True, cache_text_encoder_outputs_to_disk=True,
              sample_prompts=["ltdemo --s 1 --w 64 --h 64"], sample_every_n_epochs=1)
 

@@ -118,3 +118,15 @@ def test_scale_weight_norms_off_reports_nothing_and_negative_is_refused(tiny_mod
     assert metrics == []
     with pytest.raises(TrainerError, match="scale_weight_norms must be positive"):
         train(train_config(tiny_models("sd15"), star_dataset, tmp_path, max_train_steps=1, scale_weight_norms=-1.0))
+
+
+def test_the_cli_progress_bar_shows_kohyas_postfix(capsys):
+    from trainer.progress import tqdm_callbacks
+
+    callbacks, close = tqdm_callbacks()
+    callbacks.on_start(3, None)
+    callbacks.on_metrics(1, {"max_norm/keys_scaled": 5, "max_norm/max_key_norm": 1.0, "norm/avg_key_norm": 0.75})
+    callbacks.on_step(1, 3, 0.5)
+    close()
+    err = capsys.readouterr().err
+    assert "Keys Scaled=5" in err and "Average key norm=0.7500" in err

@@ -72,13 +72,13 @@ class TrainConfig:
     scale_weight_norms: float | None = None  # max-norm: scale each module's up@down down to this norm
     # optimisation
     preset: str = ""  # anime | realistic | sdxl_character | kolors: fills defaults, your values win
-    optimizer_type: str = "AdamW"  # AdamW | AdamW8bit | Lion | Prodigy | Adafactor | SGD
+    optimizer_type: str = "AdamW"  # any name kohya accepts (train/optimizers.py), a torch.optim class, "module.Class"
     optimizer_args: list[str] = field(default_factory=list)  # e.g. ["weight_decay=0.01", "betas=(0.9,0.99)"]
     learning_rate: float = 1e-4
     unet_lr: float | None = None
     text_encoder_lr: float | None = None  # > 0 also trains a LoRA on the CLIP text encoder(s)
     network_train_unet_only: bool = False  # force UNet-only even when text_encoder_lr is set
-    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial
+    lr_scheduler: str = "constant"  # constant | constant_with_warmup | linear | cosine | cosine_with_restarts | ... (lr_schedule.py)
     lr_warmup_steps: float = 0  # a step count, or a ratio of the total steps when below 1
     lr_scheduler_num_cycles: int = 1  # restarts of cosine_with_restarts (seed 000: 3-5)
     lr_scheduler_power: float = 1.0  # polynomial
@@ -276,6 +276,8 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path) -> "TrainConfig":
+        from .kohya_options import epochs_over_steps
+
         path = Path(path)
         try:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -283,6 +285,7 @@ class TrainConfig:
             raise TrainerError(f"Config file not found: {path}") from None
         except tomllib.TOMLDecodeError as err:
             raise TrainerError(f"{path} is not valid TOML: {err}") from None
+        values = epochs_over_steps(values, str(path))
         return cls.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
                              base_dir=path.parent)
 
@@ -307,6 +310,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             kind = str(f.type)
             try:
+                if kind == "str" and (value is None or value is False):
+                    setattr(self, f.name, "")  # kohya configs write `resume = false` / null for "not set"
+                    continue
                 if value is None or kind.startswith("list"):
                     continue
                 if kind.startswith("int"):

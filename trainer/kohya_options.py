@@ -147,10 +147,10 @@ ANSWERS: dict[str, Alias | Note | Refusal] = {
                                      "conditioning_data_dir"),
     "resume_from_huggingface": Refusal("states are not downloaded from the Hub here: download the state folder "
                                        "and set resume to it"),
-    "initial_epoch": Refusal("starting the count at a later epoch is not available: continue a run with "
-                             "resume (a state saved with save_state)", quiet=(1,)),
-    "initial_step": Refusal("starting the count at a later step is not available: continue a run with resume "
-                            "(a state saved with save_state)"),
+    "initial_epoch": Refusal("starting the count at a later epoch is not available: to continue a run, use "
+                             "resume with a state saved by save_state", quiet=(1,)),
+    "initial_step": Refusal("starting the count at a later step is not available: to continue a run, use "
+                            "resume with a state saved by save_state"),
     "base_weights": Refusal("merging LoRAs into the model before training is not available: merge them into "
                             "the checkpoint first (e.g. ComfyUI's CheckpointSave) and train on that"),
     "base_weights_multiplier": Refusal("it scales base_weights, which is not available: merge the LoRAs into "
@@ -199,6 +199,22 @@ def translate(values: dict, fields, source: str = "config", base_dir: Path | Non
         else:
             raise TrainerError(f"{source}: {key} = {_short(value)}: {entry.instead}.")
     out.update(aliased)  # kohya: the alias wins over the field (caption_extention over caption_extension)
+    return out
+
+
+def epochs_over_steps(values: dict, source: str = "config") -> dict:
+    """A kohya file giving both max_train_epochs and max_train_steps trains for the epochs (kohya
+    derives the steps from them); read from a file only, so a later --set max_train_steps wins."""
+    flat = {k: v for section in values.values() if isinstance(section, dict) for k, v in section.items()}
+    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
+    if is_off(flat.get("max_train_epochs")) or is_off(flat.get("max_train_steps")):
+        return values
+    warnings.warn(f"note: max_train_epochs = {flat['max_train_epochs']} wins over max_train_steps = "
+                  f"{flat['max_train_steps']}, as in kohya ({source})", stacklevel=3)
+    out = {k: ({**v, "max_train_steps": 0} if isinstance(v, dict) and "max_train_steps" in v else v)
+           for k, v in values.items()}
+    if "max_train_steps" in out:
+        out["max_train_steps"] = 0
     return out
 
 

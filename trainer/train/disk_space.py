@@ -54,7 +54,7 @@ def state_bytes(params, config, steps: int) -> int:
 
     numel = sum(p.numel() for p in params)
     per_value = OPTIMIZER_BYTES.get(normalize_optimizer_type(config.optimizer_type), 8)
-    if config.full_bf16:
+    if config.full_bf16 or config.full_fp16:
         per_value //= 2
     return numel * (4 + per_value) + 3 * len(params) * ENTRY_BYTES + steps * 24 + 64 * 1024
 

@@ -40,6 +40,7 @@ def store_base_in_fp8(model, config, compute_dtype: torch.dtype, log: Callable[[
         before = weight_bytes(module)
         if not any(p.dtype == FP8 for p in module.parameters()):  # a model trained before keeps its hooks
             _layerwise_fp8(module, compute_dtype, is_unet=name == "unet")
+            _keep_peft_input_casts(module)
         sizes[name] = (before, weight_bytes(module))
         log(f"fp8_base: {name} weights stored in float8 ({before / 2**20:.1f} -> {sizes[name][1] / 2**20:.1f} MiB), "
             f"computed in {str(compute_dtype).removeprefix('torch.')}")
@@ -62,3 +63,14 @@ def _layerwise_fp8(module: torch.nn.Module, compute_dtype: torch.dtype, is_unet:
     quantized = tuple({type(m) for m in module.modules() if type(m).__module__.startswith("bitsandbytes")})
     apply_layerwise_casting(module, FP8, compute_dtype, skip_modules_pattern=skip,
                             skip_modules_classes=quantized or None)
+
+
+def _keep_peft_input_casts(module: torch.nn.Module) -> None:
+    """diffusers' layerwise casting also stops peft casting a LoRA layer's input to the LoRA's
+    dtype (written for LoRAs kept in the compute dtype). Ours is fp32: outside autocast (sampling)
+    its input must be cast, as without fp8; in training AutocastLoraInputs skips the cast anyway."""
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        for name, hook in list(getattr(registry, "hooks", {}).items()):
+            if type(hook).__name__ == "PeftInputAutocastDisableHook":
+                registry.remove_hook(name, recurse=False)

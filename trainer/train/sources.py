@@ -84,8 +84,10 @@ class LatentSource:
         return subset.part.resolution if subset is not None else self.size
 
     def _augment(self, index: int) -> Augment:
+        """The item's subset's flip/colour/crop settings; a source without a random generator
+        (an evaluation) augments nothing."""
         subset = self.dataset.items[index].subset
-        return Augment.from_config(subset) if subset is not None else self.augment
+        return Augment.from_config(subset) if subset is not None and self.rng is not None else self.augment
 
     @functools.cached_property
     def augmenting(self) -> bool:
