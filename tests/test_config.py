@@ -51,3 +51,11 @@ def test_bad_values_are_refused_with_the_setting_named(tmp_path):
     bad.write_text("network_dim = = 3")
     with pytest.raises(TrainerError, match="not valid TOML"):
         TrainConfig.from_toml(bad)
+
+
+def test_resolution_off_the_64_grid_is_an_area_for_buckets_as_in_kohya():
+    # a kohya_ss preset trains at "512,650" with buckets: only the area matters there
+    with pytest.warns(UserWarning, match="650 is not a multiple of 64; the buckets use 640"):
+        assert TrainConfig(resolution="512,650", enable_bucket=True).size() == (512, 640)
+    with pytest.raises(TrainerError, match="use 640 or 704"):
+        TrainConfig(resolution="512,650").size()

@@ -129,3 +129,11 @@ def test_a_flat_json_of_kohya_names_is_read_as_it_is(tmp_path):
     config, messages = from_gui({"network_module": "networks.lora", "network_dim": 4, "conv_dim": 2,
                                  "network_train_unet_only": True}, tmp_path, "flat.json")
     assert (config.network_dim, config.conv_dim) == (4, 2) and messages == []
+
+
+def test_the_command_line_reads_a_gui_preset(capsys):
+    from trainer.cli import main
+
+    assert main(["vram", "--config", str(CONFIGS / "gui_sdxl_ai_now_adamw.json"), "--set", "train_batch_size=1"]) == 0
+    out = capsys.readouterr().out
+    assert "Stable Diffusion XL LoRA, 1024x1024, batch 1" in out  # sdxl = true and max_resolution read

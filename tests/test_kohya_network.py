@@ -48,11 +48,16 @@ def test_kolors_defaults_to_diffsynths_attention_set_and_target_chooses():
 
 
 @pytest.mark.parametrize("args, words", [(["conv_dim"], "key=value"), (["target=mlp"], "kohya"),
-                                         (["block_dims=2,2,2"], "per-block"), (["algo=loha"], "conv_dim"),
-                                         (["conv_dim=x"], "not a number")])
+                                         (["block_dims=2,2,2"], "per-block"), (["conv_dim=x"], "not a number")])
 def test_bad_network_args_say_what_to_write(args, words):
     with pytest.raises(TrainerError, match=words):
         spec_for("sd15", network_args=args)
+
+
+def test_network_args_networks_lora_does_not_read_are_noted_as_kohya_ignores_them():
+    with pytest.warns(UserWarning, match="algo, dropout are not read by networks.lora"):
+        spec = spec_for("sd15", network_args=["algo=loha", "dropout=null", "conv_dim=2"])
+    assert spec.conv_dim == 2 and spec.dropout == 0.0
 
 
 def config_for(model_dir, data, out, **values):
@@ -128,7 +133,7 @@ def test_kohya_dropouts_and_loraplus(tiny_models, star_dataset, tmp_path):
     model = tiny_models("sd15")
     plain = train(config_for(model, star_dataset, tmp_path / "p")).lora.tensors
     dropped = train(config_for(model, star_dataset, tmp_path / "d",
-                               network_args=["rank_dropout=0.5", "module_dropout=0.5", "dropout=0.1"])).lora.tensors
+                               network_args=["rank_dropout=0.5", "module_dropout=0.5"], network_dropout=0.1)).lora.tensors
     assert set(plain) == set(dropped)
     assert any(not torch.equal(plain[k], dropped[k]) for k in plain if k.endswith("lora_up.weight"))
     from trainer.lora.builders import build_lora

@@ -38,7 +38,7 @@ def test_fp8_base_stores_the_frozen_weights_in_float8_and_trains(tiny_models, st
     logs = []
     option = {"fp8_base_unet": True} if unet_only else {"fp8_base": True}
     if family == "sdxl":  # sampling (no autocast) runs on the fp8 UNet with its fp32 LoRA too
-        option.update(sample_prompts=["ltdemo"], sample_every_n_steps=2)
+        option.update(sample_prompts=["ltdemo"], sample_every_n_steps=2, sample_steps=3)
     result = train(config_for(model_dir, star_dataset, tmp_path, max_train_steps=2, **option),
                    callbacks=Callbacks(log=logs.append))
     if family == "sdxl":

@@ -178,10 +178,14 @@ class TrainConfig:
             values *= 2
         if len(values) != 2 or min(values) <= 0:
             raise TrainerError(f"resolution '{self.resolution}': give one size (1024) or width,height (512,768).")
-        for v in values:
+        for i, v in enumerate(values):
             if v % 64:
                 lo, hi = v // 64 * 64, (v // 64 + 1) * 64
-                raise TrainerError(f"resolution {v} is not a multiple of 64: use {lo or 64} or {hi}.")
+                if not (self.enable_bucket and lo):
+                    raise TrainerError(f"resolution {v} is not a multiple of 64: use {lo or 64} or {hi}.")
+                # buckets only take the resolution's area (kohya trains "512,650" that way): round down
+                warnings.warn(f"note: resolution {v} is not a multiple of 64; the buckets use {lo}", stacklevel=2)
+                values[i] = lo
         return values[0], values[1]
 
     def validate(self) -> "TrainConfig":

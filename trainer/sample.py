@@ -36,7 +36,11 @@ def make_scheduler(base_config, sampler: str):
     if sampler not in SAMPLERS:
         raise TrainerError(f"Unknown sampler '{sampler}'. Use one of: {', '.join(SAMPLERS)}.")
     cls_name, extra = SAMPLERS[sampler]
-    return getattr(diffusers, cls_name).from_config({**dict(base_config), **extra})
+    try:
+        return getattr(diffusers, cls_name).from_config({**dict(base_config), **extra})
+    except ImportError as err:  # lms needs scipy, which is not a requirement
+        raise TrainerError(f"Sampler '{sampler}' needs a package that is not installed ({err}); "
+                           "install it (pip install scipy) or choose euler_a.") from None
 
 
 def generate(model, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 20, cfg: float = 7.0,

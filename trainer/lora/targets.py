@@ -12,6 +12,7 @@ the Kolors default (seed 001).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +24,9 @@ TEXT_ENCODER_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention
 CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 ATTENTION_ENDINGS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 TARGETS = ("kohya", "attention")
-# network_args networks.lora reads here; the others kohya's lora.py knows are refused below
-NETWORK_ARGS = ("conv_dim", "conv_alpha", "target", "dropout", "rank_dropout", "module_dropout",
+# network_args networks.lora reads (kohya's create_network kwargs, plus our target); its neuron
+# dropout is network_dropout, not an arg. Per-block ranks change the LoRA and are refused.
+NETWORK_ARGS = ("conv_dim", "conv_alpha", "target", "rank_dropout", "module_dropout",
                 "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 PER_BLOCK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                   "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
@@ -68,9 +70,9 @@ def network_spec(config, family_name: str) -> NetworkSpec:
         raise TrainerError(f"network_args {', '.join(per_block)}: per-block ranks and learning rates are not "
                            "available here; remove them to train every block at network_dim / conv_dim.")
     unknown = [k for k in args if k not in NETWORK_ARGS]
-    if unknown:
-        raise TrainerError(f"network_args {', '.join(unknown)} not known to networks.lora; it reads "
-                           f"{', '.join(NETWORK_ARGS)}.")
+    if unknown:  # kohya's networks.lora ignores what it does not read (LyCORIS args in a LoRA config)
+        warnings.warn(f"note: network_args {', '.join(unknown)} are not read by networks.lora (kohya ignores "
+                      f"them too); it reads {', '.join(NETWORK_ARGS)}", stacklevel=2)
     target = args.get("target") or ("attention" if family_name == "kolors" else "kohya")
     if target not in TARGETS:
         raise TrainerError(f'network_args target="{target}": use "kohya" (every linear of the transformer '
@@ -83,7 +85,7 @@ def network_spec(config, family_name: str) -> NetworkSpec:
         return None if value is None else float(value)
 
     return NetworkSpec(target, int(config.network_dim), float(config.network_alpha), conv_dim, conv_alpha,
-                       _number(args, "dropout", float, float(config.network_dropout or 0.0)),
+                       float(config.network_dropout or 0.0),
                        _number(args, "rank_dropout", float, 0.0), _number(args, "module_dropout", float, 0.0),
                        ratio("loraplus_unet_lr_ratio"), ratio("loraplus_text_encoder_lr_ratio"))
 
