@@ -37,9 +37,9 @@ def main() -> None:
             json.dump({"steps": ticks, "wall_s": time.perf_counter() - started}, f)
         os.replace(out + ".tmp", out)
 
-    import torch.optim.optimizer
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    torch.optim.optimizer.register_optimizer_step_post_hook(on_step)
+    register_optimizer_step_post_hook(on_step)
     atexit.register(dump)
     sys.path.pop(0)  # this folder: the trainer imports as if started itself
     if kind == "script":

@@ -160,6 +160,25 @@ def test_captions_follow_each_subset(tmp_path):
     assert caption_at(ft1, config, rng, 1, 0, 10).startswith("ftstyle a yellow card")
 
 
+def test_each_image_fits_its_datasets_size_and_augments_as_its_subset_says(tmp_path):
+    from trainer.train.sources import LatentSource
+
+    toml = write_example(tmp_path)
+    toml.write_text(toml.read_text(encoding="utf-8").replace('num_repeats = 2\n  shuffle_caption',
+                                                             'num_repeats = 2\n  flip_aug = true\n  shuffle_caption'),
+                    encoding="utf-8")
+    data = load_dataset_config(toml, TrainConfig(resolution="64"))
+    c1 = next(i for i, item in enumerate(data.items) if item.path.parent.name == "c" and item.path.name == "1.png")
+    ft1 = next(i for i, item in enumerate(data.items) if item.path.parent.name == "ft")
+    source = LatentSource(None, data, 64, 64, rng=random.Random(0))
+    assert source._fit(ft1).pixels.shape == (3, 64, 64) and source._fit(c1).pixels.shape == (3, 128, 128)
+    assert source.augmenting
+    variants = {source._fit(c1).pixels[:, :, :64].sum().item() for _ in range(12)}
+    assert len(variants) == 2  # flipped about half the time: the subset's flip_aug
+    still = LatentSource(None, data, 64, 64)  # an evaluation (no random generator) never augments
+    assert len({still._fit(c1).pixels[:, :, :64].sum().item() for _ in range(6)}) == 1
+
+
 def test_unknown_and_conflicting_keys_are_refused_naming_the_allowed(tmp_path):
     toml = tmp_path / "d.toml"
     paint(tmp_path / "x" / "1.png")
@@ -209,6 +228,13 @@ def test_unknown_and_conflicting_keys_are_refused_naming_the_allowed(tmp_path):
             enable_bucket = true
               [[datasets.subsets]]
               image_dir = "x"
+            """)
+    with pytest.raises(TrainerError, match=r"No training images.*ignored \[\[datasets\]\] 1 subset 1 \(nope\): "
+                                           r"image_dir is not a folder"):
+        load("""
+            [[datasets]]
+              [[datasets.subsets]]
+              image_dir = "nope"
             """)
     # what kohya accepts but does nothing here: a note, not a refusal
     data = load("""

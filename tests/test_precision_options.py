@@ -46,9 +46,10 @@ def test_fp8_base_stores_the_frozen_weights_in_float8_and_trains(tiny_models, st
     unet = result.model.unet
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert all(t.abs().sum() > 0 for t in _lora_ups(result.lora))  # the LoRA moved off its zero start
-    # the frozen Linear/Conv weights are float8, norms and the LoRA keep their dtype
+    # the frozen Linear/Conv weights are float8; norms, the LoRA and conv_in (unet.dtype) keep their dtype
     dtypes = {n: p.dtype for n, p in unet.named_parameters()}
-    assert dtypes["conv_in.weight"] == FP8 and dtypes["conv_in.bias"] == FP8
+    assert dtypes["conv_out.weight"] == FP8 and dtypes["conv_out.bias"] == FP8
+    assert dtypes["time_embedding.linear_1.weight"] == FP8 and unet.dtype == torch.bfloat16
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)
     assert all(d == torch.bfloat16 for n, d in dtypes.items() if "norm" in n and "lora_" not in n)
     ratio = _frozen_bytes(unet) / unet_bytes
@@ -73,11 +74,13 @@ def test_fp8_base_matches_training_on_fp8_rounded_weights(tiny_models, star_data
     rounded = load_model(model_dir, "sd15", "bf16")
     with torch.no_grad():
         for name, module in rounded.unet.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "norm" not in name:
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name != "conv_in":
                 for param in module.parameters(recurse=False):
                     param.copy_(param.to(FP8).to(torch.bfloat16))
     reference = train(config_for(model_dir, star_dataset, tmp_path / "b", max_train_steps=2), model=rounded)
     assert fp8.losses == pytest.approx(reference.losses, rel=1e-3)
+    for key, tensor in reference.lora.tensors.items():  # the same LoRA, to bf16 rounding
+        assert torch.allclose(fp8.lora.tensors[key].float(), tensor.float(), atol=1e-3), key
 
 
 def test_fp8_base_needs_mixed_precision():

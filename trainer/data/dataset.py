@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import TrainerError
 from .caption_encoding import caption_problem, read_caption_file
 from .images import IMAGE_EXTENSIONS, UnreadableImage, open_rgb, unreadable_message
-from .subsets import Subset, kohya_reg_repeats, parts_of
+from .subsets import Subset, kohya_reg_repeats
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
@@ -75,10 +75,11 @@ class Dataset:
     def reg_sequence(self) -> list[int]:
         """kohya's balancing (subsets.kohya_reg_repeats), per kohya dataset (part): each
         regularization image index as many times as it trains per epoch."""
-        groups = [[i for i, item in enumerate(self.items) if item.subset is not None and item.subset.part is part]
-                  for part in parts_of(self.items)] or [list(range(len(self.items)))]
+        groups: dict[int, list[int]] = {}  # items without a subset: one more kohya dataset
+        for i, item in enumerate(self.items):
+            groups.setdefault(id(item.subset.part) if item.subset is not None else 0, []).append(i)
         out: list[int] = []
-        for group in groups:
+        for group in groups.values():
             regs = [i for i in group if self.items[i].is_reg]
             train = sum(self.items[i].repeats for i in group if not self.items[i].is_reg)
             for i, count in zip(regs, kohya_reg_repeats(train, [self.items[i].repeats for i in regs])):

@@ -214,18 +214,23 @@ class _Cascade:
         return next((layer[key] for layer in self.layers if layer.get(key) is not None), None)
 
 
-def _resolution(value, where: str) -> tuple[int, int]:
-    width, height = (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-    for v in (width, height):
-        if v <= 0 or v % 64:
-            lo, hi = max(64, v // 64 * 64), (v // 64 + 1) * 64
-            raise TrainerError(f"{where}: resolution {v} is not a positive multiple of 64: use {lo} or {hi}.")
-    return width, height
+def _resolution(value, bucketing: bool, where: str, notes: list[str]) -> tuple[int, int]:
+    """Multiples of 64 (TrainConfig.size's rule): with buckets another size only gives the area, so
+    it rounds down (kohya trains "512,650" that way)."""
+    values = [value, value] if isinstance(value, int) else [int(value[0]), int(value[1])]
+    for i, v in enumerate(values):
+        lo, hi = v // 64 * 64, (v // 64 + 1) * 64
+        if v % 64 and bucketing and lo:
+            notes.append(f"{where}: resolution {v} is not a multiple of 64; the buckets use {lo}")
+            values[i] = lo
+        elif v <= 0 or v % 64:
+            raise TrainerError(f"{where}: resolution {v} is not a positive multiple of 64: use {max(lo, 64)} or {hi}.")
+    return values[0], values[1]
 
 
 def _part(get: _Cascade, where: str, notes: list[str]) -> DatasetPart:
     """One [[datasets]]: kohya's DreamBoothDataset/FineTuningDataset size settings, checked as kohya does."""
-    resolution = _resolution(get("resolution"), where)
+    resolution = _resolution(get("resolution"), bool(get("enable_bucket", False)), where, notes)
     part = DatasetPart(resolution, int(get("batch_size", 1)), bool(get("enable_bucket", False)),
                        int(get("min_bucket_reso", 256)), int(get("max_bucket_reso", 1024)),
                        int(get("bucket_reso_steps", 64)), bool(get("bucket_no_upscale", False)), where)
@@ -362,9 +367,14 @@ def load_dataset_config(path, config) -> Dataset:
     """kohya's dataset config at ``path`` as a Dataset whose items point to their subsets; ``config``
     (a TrainConfig) answers for what the file leaves out, as kohya's command-line options do."""
     path = Path(path)
-    user = read_config_file(path)
-    validate(user, bool(getattr(config, "masked_loss", False)), str(path.name))
-    base, notes = path.resolve().parent, []
+    return dataset_from_user_config(read_config_file(path), config, path.resolve().parent, str(path))
+
+
+def dataset_from_user_config(user: dict, config, base: Path, source: str = "dataset_config") -> Dataset:
+    """The same from the config's dict (kohya builds one for train_data_dir + in_json, too);
+    relative paths from ``base``, then the working directory."""
+    validate(user, bool(getattr(config, "masked_loss", False)), Path(source).name)
+    notes: list[str] = []
     checks = _Checks(notes)
     general, items = user.get("general", {}), []
     for d, dataset in enumerate(user.get("datasets", []), 1):
@@ -395,14 +405,16 @@ def load_dataset_config(path, config) -> Dataset:
             items += found
     checks.raise_if_any(base)
     if not any(not item.is_reg for item in items):
-        raise TrainerError(f"No training images in dataset_config {path}: every subset is empty, ignored or "
-                           "regularization (see the notes); check image_dir / metadata_file paths.")
+        ignored = "; ".join(n for n in notes if n.startswith("ignored"))
+        raise TrainerError(f"No training images in {source}: every subset is empty, ignored or regularization"
+                           f"{f' ({ignored})' if ignored else ''}; check image_dir / metadata_file paths.")
     _check_caching(items, config)
     return Dataset(base, items, notes)
 
 
 def _note_no_effect(subset: Subset, name: str, notes: list[str]) -> None:
-    values = dict(subset.extra, alpha_mask=subset.alpha_mask, conditioning_data_dir=subset.conditioning_data_dir or None)
+    values = dict(subset.extra, alpha_mask=subset.alpha_mask,
+                  conditioning_data_dir=subset.conditioning_data_dir or None)
     for key, (unchanged, why) in NO_EFFECT.items():
         if values.get(key) not in (None, unchanged):
             notes.append(f"{name}: {why}")

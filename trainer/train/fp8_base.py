@@ -1,14 +1,18 @@
 """kohya's fp8_base / fp8_base_unet: the frozen UNet (and, for fp8_base, the text encoders) keep
-their weights in torch.float8_e4m3fn and compute in the mixed-precision dtype; the LoRA layers
-keep theirs.
+their Linear/Conv weights in torch.float8_e4m3fn and compute in the mixed-precision dtype; the
+LoRA layers keep theirs.
 
-kohya casts the whole UNet to fp8 and lets CUDA autocast upcast each weight as it is used. That
-also puts the norm layers in fp8, which CPU autocast does not upcast (group_norm refuses them).
-diffusers' layerwise casting (ModelMixin.enable_layerwise_casting, hooks.apply_layerwise_casting)
-does the same per Linear/Conv/Embedding: upcast for the layer's forward, back to fp8 after. It
-skips norms and peft's LoRA layers, and its gradients are those of the fp8-rounded weights to
-the bit (measured on the tiny UNet). Like kohya, the text encoders' token and position
-embeddings stay in the mixed-precision dtype."""
+kohya casts the whole UNet to fp8 and lets CUDA autocast make a compute-dtype copy of each weight
+as it is used. That also puts the norm layers in fp8, which CPU autocast does not upcast
+(group_norm refuses them), and needs autocast wherever the model runs (sampling here runs
+without). diffusers' layerwise casting (ModelMixin.enable_layerwise_casting) upcasts per layer
+without autocast, but in place: autograd keeps the Parameter it saw, which is fp8 again by the
+backward, so each Conv2d's backward runs on fp8 storage (measured 25x slower on the CPU, and a
+dtype mismatch for other kernels). So each layer here gets a pair of hooks that hand its forward
+a fresh compute-dtype copy (what autocast's copy is in kohya, and what autograd keeps) and put
+the fp8 Parameter back after. Like kohya, text-encoder embeddings stay in the weight dtype; the
+norms stay too, and the UNet's conv_in (11k values), whose dtype diffusers reports as the
+UNet's."""
 
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from typing import Callable
 import torch
 
 FP8 = torch.float8_e4m3fn
+# module paths that keep their dtype: norms, the LoRA's own layers, and per part below
+_SKIP = ("norm", "lora_")
+_SKIP_UNET = ("conv_in",)
+_SKIP_TEXT = ("embed",)
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -38,39 +46,48 @@ def store_base_in_fp8(model, config, compute_dtype: torch.dtype, log: Callable[[
         if module is None:  # released after caching
             continue
         before = weight_bytes(module)
-        if not any(p.dtype == FP8 for p in module.parameters()):  # a model trained before keeps its hooks
-            _layerwise_fp8(module, compute_dtype, is_unet=name == "unet")
-            _keep_peft_input_casts(module)
+        skip = _SKIP + (_SKIP_UNET if name == "unet" else _SKIP_TEXT)
+        for path, layer in module.named_modules():
+            if type(layer) in (torch.nn.Linear, torch.nn.Conv2d) and not any(s in path for s in skip):
+                Fp8Layer.attach(layer, compute_dtype)
         sizes[name] = (before, weight_bytes(module))
         log(f"fp8_base: {name} weights stored in float8 ({before / 2**20:.1f} -> {sizes[name][1] / 2**20:.1f} MiB), "
             f"computed in {str(compute_dtype).removeprefix('torch.')}")
     return sizes
 
 
-def _layerwise_fp8(module: torch.nn.Module, compute_dtype: torch.dtype, is_unet: bool) -> None:
-    if is_unet and hasattr(module, "enable_layerwise_casting"):  # skips norms and peft's layers itself
-        module.enable_layerwise_casting(storage_dtype=FP8, compute_dtype=compute_dtype)
-        return
-    from diffusers.hooks import apply_layerwise_casting
-    from peft.tuners.loha.layer import LoHaLayer
-    from peft.tuners.lokr.layer import LoKrLayer
-    from peft.tuners.lora.layer import LoraLayer
+class Fp8Layer:
+    """One layer's weight and bias: fp8 Parameters between forwards, fresh compute-dtype copies
+    during its forward."""
 
-    # searched in module paths: norms, the adapters' own layers and (text encoders) the embeddings
-    skip = ("norm", *LoraLayer.adapter_layer_names, *LoHaLayer.adapter_layer_names,
-            *LoKrLayer.adapter_layer_names) + (() if is_unet else ("embed",))
-    # bitsandbytes' quantized layers (a 4-bit ChatGLM) are no plain weights to cast
-    quantized = tuple({type(m) for m in module.modules() if type(m).__module__.startswith("bitsandbytes")})
-    apply_layerwise_casting(module, FP8, compute_dtype, skip_modules_pattern=skip,
-                            skip_modules_classes=quantized or None)
+    NAMES = ("weight", "bias")
 
+    def __init__(self, compute_dtype: torch.dtype):
+        self.compute_dtype = compute_dtype
+        self.stored: dict[str, torch.nn.Parameter] = {}
 
-def _keep_peft_input_casts(module: torch.nn.Module) -> None:
-    """diffusers' layerwise casting also stops peft casting a LoRA layer's input to the LoRA's
-    dtype (written for LoRAs kept in the compute dtype). Ours is fp32: outside autocast (sampling)
-    its input must be cast, as without fp8; in training AutocastLoraInputs skips the cast anyway."""
-    for sub in module.modules():
-        registry = getattr(sub, "_diffusers_hook", None)
-        for name, hook in list(getattr(registry, "hooks", {}).items()):
-            if type(hook).__name__ == "PeftInputAutocastDisableHook":
-                registry.remove_hook(name, recurse=False)
+    @classmethod
+    def attach(cls, layer: torch.nn.Module, compute_dtype: torch.dtype) -> None:
+        if getattr(layer, "_fp8_layer", None) is not None:  # a model trained before keeps its fp8
+            layer._fp8_layer.compute_dtype = compute_dtype
+            return
+        hooks = cls(compute_dtype)
+        for name in cls.NAMES:
+            param = getattr(layer, name, None)
+            if param is not None:
+                setattr(layer, name, torch.nn.Parameter(param.detach().to(FP8), requires_grad=False))
+        layer.register_forward_pre_hook(hooks.before)
+        layer.register_forward_hook(hooks.after)
+        layer._fp8_layer = hooks
+
+    def before(self, layer, args):
+        for name in self.NAMES:
+            param = getattr(layer, name, None)
+            if param is not None and param.dtype == FP8:
+                self.stored[name] = param
+                setattr(layer, name, torch.nn.Parameter(param.to(self.compute_dtype), requires_grad=False))
+
+    def after(self, layer, args, output):
+        for name, param in self.stored.items():
+            setattr(layer, name, param)
+        self.stored.clear()

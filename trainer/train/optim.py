@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules under kohya-ss/sd-scripts' names and semantics.
+"""Optimizers under kohya-ss/sd-scripts' names and semantics.
 
 ``build_optimizer`` is kohya's ``train_util.get_optimizer``: every ``optimizer_type`` kohya
 knows (the table in optimizers.py, matched case-insensitively), a torch.optim class by name, or
@@ -10,7 +10,8 @@ not crashing a run:
 
 * The bitsandbytes kinds (AdamW8bit, Lion8bit, SGDNesterov8bit, the Paged ones) fall back to
   their plain counterpart, with a warning through ``log``, when bitsandbytes cannot run here
-  (not installed, no kernel for this device/platform). Its CPU build (0.45+) runs them all.
+  (not installed, no kernel for this device/platform). Its CPU build runs them all (0.50
+  measured; the Paged ones unpaged).
 * ``SGD`` with ``nesterov=True`` and no momentum gets kohya's SGDNesterov momentum 0.9.
 
 Schedule-free optimizers are left in train mode; ``evaluation_weights`` is kohya's
@@ -100,8 +101,8 @@ def _bnb_works(kind: OptimizerKind, device) -> str | None:
 
 @contextlib.contextmanager
 def _quiet_paging():
-    """bitsandbytes warns on every CPU step of a Paged optimizer that it runs unpaged: once is
-    enough (the build logs it)."""
+    """bitsandbytes warns when a Paged optimizer first steps on the CPU that it runs unpaged: the
+    probe stays quiet (build_optimizer logs a note)."""
     import warnings
 
     with warnings.catch_warnings():

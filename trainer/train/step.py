@@ -50,8 +50,6 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
     # diffusers' unet.dtype / unet.device walk every module (16 ms each on SDXL with a LoRA)
     weight = next(unet.parameters())
     dtype, device = weight.dtype, weight.device
-    if dtype.itemsize == 1:  # fp8_base: stored in float8; unet.dtype is the compute dtype
-        dtype = unet.dtype
     kwargs = model.family.unet_kwargs(model.pipe, cond.to(device, dtype),
                                       None if time_ids is None else time_ids.to(device, dtype))
     with autocast:
