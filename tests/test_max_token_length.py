@@ -61,10 +61,12 @@ def test_each_row_is_encoded_on_its_own_and_joined_as_kohya(model):
         torch.testing.assert_close(long.pooled, first.pooled, atol=1e-5, rtol=1e-5)
 
 
-def test_other_lengths_are_refused_naming_the_allowed_ones():
-    for bad in (100, 300, 76):
-        with pytest.raises(TrainerError, match="75 .*150 or 225"):
-            TrainConfig(max_token_length=bad).validate()
+def test_other_lengths_read_as_kohya_encodes_them_with_a_note():
+    # kohya does not check a TOML's max_token_length: it encodes max_token_length // 75 rows
+    for bad, read_as in ((100, None), (128, None), (160, 150), (300, 225)):
+        with pytest.warns(UserWarning, match="not 75, 150 or 225"):
+            assert TrainConfig(max_token_length=bad).validate().max_token_length == read_as
+    for bad in (100, 300, 76):  # the encoder itself only takes kohya's lengths
         with pytest.raises(TrainerError, match="75 .*150 or 225"):
             chunk_count(bad)
     TrainConfig(max_token_length=150).validate()

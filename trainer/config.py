@@ -196,8 +196,12 @@ class TrainConfig:
             raise TrainerError("cache_text_encoder_outputs encodes each caption once, so shuffle_caption, "
                                "caption (tag) dropout and token warmup cannot work with it: turn one of them off.")
         if self.max_token_length not in (None, 0, 75, 150, 225):
-            raise TrainerError(f"max_token_length = {self.max_token_length!r}: use 75 (the default), 150 or 225, "
-                               "the lengths kohya allows (CLIP reads 75 tokens at a time).")
+            # kohya's parser lists 75/150/225 but a TOML value is not checked: it encodes
+            # max_token_length // 75 rows of 75 tokens; so do we, with a note
+            rows = min(max(int(self.max_token_length) // 75, 1), 3)
+            warnings.warn(f"note: max_token_length = {self.max_token_length!r} is not 75, 150 or 225: captions are "
+                          f"read as {75 * rows} tokens ({rows} x 75, as kohya encodes it)", stacklevel=2)
+            self.max_token_length = None if rows == 1 else 75 * rows
         if self.release_text_encoder and self.enable_wildcard:
             raise TrainerError("enable_wildcard draws a new caption text each step, which needs the text encoder: "
                                "turn off release_text_encoder (caching keeps each drawn text once).")

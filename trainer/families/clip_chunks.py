@@ -76,7 +76,8 @@ def chunk_ids(tokenizer, text: str, chunks: int, weighted: bool = False):
     if weighted:
         body, body_weights, truncated = weighted_token_ids(tokenizer, text, length - 2)
         if truncated:
-            warnings.warn(f"caption longer than {length - 2} tokens was cut: {text[:60]!r}...", stacklevel=3)
+            warnings.warn(f"text longer than {length - 2} tokens was cut (max_token_length goes up to 225): "
+                          f"{text[:60]!r}...", stacklevel=3)
         ids = [bos] + body + [eos] + [pad] * (length - 2 - len(body))
         weights = [1.0] + body_weights + [1.0] * (length - 1 - len(body_weights))
         weights = torch.tensor(_weight_rows(weights, chunks))

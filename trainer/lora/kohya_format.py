@@ -134,6 +134,7 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "lt_preset": config.preset or "none",
         "lt_config": config.to_toml(),
     }
+    meta.update(training_args_metadata(config))
     meta.update(model_hashes(config.pretrained_model_name_or_path))
     if buckets:
         from ..train.bucketing import metadata as bucket_metadata
@@ -151,6 +152,25 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
     if config.no_metadata:
         meta = {key: value for key, value in meta.items() if key in SS_MINIMUM_KEYS}
     return meta | modelspec_metadata(config, family, tensor_names, thumbnail)
+
+
+# kohya's train_network writes these training arguments as str(value) under ss_<name>
+KOHYA_ARG_KEYS = {name: name for name in (
+    "gradient_accumulation_steps", "lr_warmup_steps", "network_dropout", "max_token_length", "noise_offset",
+    "multires_noise_iterations", "multires_noise_discount", "adaptive_noise_scale", "zero_terminal_snr",
+    "max_grad_norm", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+    "min_snr_gamma", "scale_weight_norms", "ip_noise_gamma", "noise_offset_random_strength",
+    "ip_noise_gamma_random_strength", "loss_type", "huber_schedule", "huber_scale", "huber_c",
+    "validation_split", "cache_latents", "keep_tokens", "shuffle_caption", "flip_aug", "color_aug",
+    "random_crop")} | {"debiased_estimation": "debiased_estimation_loss"}
+
+
+def training_args_metadata(config) -> dict[str, str]:
+    """The ss_* training arguments kohya records (``str(None)`` = "None" when unset, as kohya)."""
+    values = {f"ss_{key}": getattr(config, field) for key, field in KOHYA_ARG_KEYS.items()}
+    values["ss_cache_latents"] = bool(config.cache_latents)
+    values["ss_debiased_estimation"] = bool(config.debiased_estimation_loss)
+    return {key: str(value) for key, value in values.items()}
 
 
 def is_minimum(metadata: dict) -> bool:
