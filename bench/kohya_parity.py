@@ -2,13 +2,14 @@
 
     python bench/kohya_parity.py --kohya /tmp/kohya --kohya-python /tmp/kohya-venv/bin/python \\
         --kohya-env PYTHONPATH=/tmp/kohya-shims [--case sd15_unet sdxl_te] [--out bench/out]
-    python bench/kohya_parity.py ... --compare-only      # compare the files of the last runs again
+    python bench/kohya_parity.py ... --only ours         # run one side again (kohya's file stays)
+    python bench/kohya_parity.py --compare-only          # compare the files of the last runs again
     python bench/kohya_parity.py ... --freeze tests/data  # write kohya's keys as the frozen lists
 
 For each case one TOML (bench/kohya_runs.py: full-size random-weight single-file checkpoint, 4
 painted images, 256², batch 1, dim 8 / alpha 4, bf16, 1 step) is trained by kohya
 (``--config_file``) and by ``python -m trainer train --config``, one after the other (full-size
-SDXL needs ~7 GB and more per process), and the two LoRA files are compared: modules per component
+SDXL: kohya peaks at 16-19 GiB, ours at 6-8 GiB), and the two LoRA files are compared: modules per component
 and kind, keys only in one, shapes, alphas, dtypes, ss_*/modelspec.* metadata keys. A bench, not a
 test; it never fetches anything. Results: ``<out>/kohya_parity/<case>/`` (TOML, logs, LoRAs,
 diff.txt) and ``<out>/kohya_parity.md``.
@@ -154,7 +155,7 @@ def examples(title: str, items: list, show: int) -> list[str]:
 
 
 def describe(name: str, result: dict, show: int) -> list[str]:
-    family, _, what = CASES[name]
+    what = CASES[name][2]
     lines = [f"### {name}: {what}", "", f"keys: kohya {result['keys']['kohya']}, ours {result['keys']['ours']}"
              f" - {'SAME network (keys, shapes, alphas)' if same(result) else 'DIFFERENT'}", ""]
     lines += table(result) + [""]
@@ -204,7 +205,7 @@ def freeze(name: str, lora: dict, folder: Path, commit: str) -> Path:
 
 def run_case(name: str, args, env: dict) -> dict:
     family, values, _ = CASES[name]
-    folder = Path(args.out) / "kohya_parity" / name
+    folder = Path(args.out).resolve() / "kohya_parity" / name  # kohya runs in its own folder
     kohya_file, our_file = folder / "kohya" / "lora.safetensors", folder / "ours" / "lora.safetensors"
     runs = {}
     if not args.compare_only:
@@ -240,8 +241,8 @@ def run_case(name: str, args, env: dict) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kohya", required=True, help="a kohya-ss/sd-scripts checkout")
-    p.add_argument("--kohya-python", required=True, help="a python that can import it")
+    p.add_argument("--kohya", help="a kohya-ss/sd-scripts checkout (needed unless --compare-only)")
+    p.add_argument("--kohya-python", help="a python that can import it (needed unless --compare-only)")
     p.add_argument("--kohya-env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment for kohya's process (repeatable), e.g. PYTHONPATH=/tmp/kohya-shims")
     p.add_argument("--kohya-commit", default="(commit not given)", help="recorded in the frozen lists")
@@ -253,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=("kohya", "ours"), help="run only this trainer (the other's last file stays)")
     p.add_argument("--freeze", metavar="DIR", help="write kohya's keys as the frozen lists (tests/data)")
     args = p.parse_args(argv)
+    if not args.compare_only and args.only != "ours" and not (args.kohya and args.kohya_python):
+        p.error("--kohya and --kohya-python are needed to run kohya")
     env = parse_env(args.kohya_env)
     report, all_same = ["# kohya parity", ""], True
     for name in args.case:
@@ -270,7 +273,8 @@ def main(argv=None) -> int:
         report += lines
     from trainer.atomic import write_text
 
-    print(f"report: {write_text(Path(args.out) / 'kohya_parity.md', chr(10).join(report) + chr(10))}")
+    text = "\n".join(report) + "\n"
+    print(f"report: {write_text(Path(args.out).resolve() / 'kohya_parity.md', text)}")
     return 0 if all_same else 1
 
 
