@@ -100,7 +100,6 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.network_dim),
         "ss_network_alpha": str(float(config.network_alpha)),
-        "ss_network_args": json.dumps(network_args_metadata(config)),
         "ss_base_model_version": family.base_model_version,
         "ss_sd_model_name": Path(config.pretrained_model_name_or_path).name,
         "ss_learning_rate": str(config.learning_rate),
@@ -135,6 +134,8 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "lt_config": config.to_toml(),
     }
     meta.update(training_args_metadata(config))
+    if network_args_metadata(config):  # kohya writes it only when network_args are given
+        meta["ss_network_args"] = json.dumps(network_args_metadata(config))
     meta.update(model_hashes(config.pretrained_model_name_or_path))
     if buckets:
         from ..train.bucketing import metadata as bucket_metadata
