@@ -55,7 +55,14 @@ def test_shared_metadata_and_the_last_sample_as_thumbnail(tiny_models, star_data
     thumb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32)
     sample = np.asarray(Image.open(last_sample).convert("RGB"), np.float32)
     assert thumb.shape == sample.shape == (64, 64, 3)
-    assert np.abs(thumb - sample).mean() < 6  # JPEG's loss only
+    # JPEG's loss only: the thumbnail is the sample as that JPEG (a tiny model's samples are noise-like,
+    # so the loss itself is large and varies with the picture)
+    from trainer.lora.modelspec import THUMBNAIL_QUALITY
+
+    buffer = io.BytesIO()
+    Image.open(last_sample).convert("RGB").save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    again = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), np.float32)
+    assert np.abs(thumb - again).mean() < 0.5
 
     # the LoRA Save node writes the same metadata
     models = tmp_path / "models"
@@ -72,7 +79,8 @@ def test_no_metadata_keeps_kohyas_minimum_and_a_thumbnail_file(tiny_models, star
     result = train(config, callbacks=Callbacks(log=lambda line: None))
     meta = read_metadata(save_outputs(result, config)["lora"])
     # kohya's minimum ss_* keys (what loading the network needs) and its modelspec: nothing else
-    assert {k for k in meta if not k.startswith("modelspec.")} == set(SS_MINIMUM_KEYS)
+    # (ss_network_args only when network_args are given, as kohya)
+    assert {k for k in meta if not k.startswith("modelspec.")} == set(SS_MINIMUM_KEYS) - {"ss_network_args"}
     assert meta["ss_network_dim"] == "2" and meta["ss_base_model_version"] == "sd_v1"
     assert meta["modelspec.title"] == "Star Maker" and meta["modelspec.author"] == "ltdemo author"
     # a thumbnail file goes in as kohya puts it: its bytes as a data URL of its type

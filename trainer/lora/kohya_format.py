@@ -88,13 +88,14 @@ def network_args_metadata(config) -> dict[str, str]:
 
 
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float,
-                   buckets: dict | None = None, tensor_names=(), thumbnail=None) -> dict[str, str]:
+                   buckets: dict | None = None, tensor_names=(), thumbnail=None, world: int = 1) -> dict[str, str]:
     """kohya's ss_* keys, modelspec.* (modelspec.py; ``thumbnail``: the image used when the config
     names none) and ours (lt_*). With no_metadata, only kohya's minimum and modelspec, as kohya."""
     width, height = config.size()
-    dirs = {}
-    for item in dataset.train_items:
-        entry = dirs.setdefault(item.folder or dataset.root.name, {"n_repeats": item.repeats, "img_count": 0})
+    dirs, reg_dirs = {}, {}
+    for item in dataset.items:
+        where = reg_dirs if item.is_reg else dirs
+        entry = where.setdefault(item.folder or dataset.root.name, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     meta = {
         "ss_network_module": "networks.lora",
@@ -123,6 +124,12 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_clip_skip": str(config.clip_skip or "None"),
         "ss_caption_extension": config.caption_extension,
         "ss_dataset_dirs": json.dumps(dirs),
+        "ss_reg_dataset_dirs": json.dumps(reg_dirs),
+        "ss_total_batch_size": str(config.train_batch_size * config.gradient_accumulation_steps * world),
+        "ss_session_id": str(int(started_at * 1e6) % 2**32),  # kohya's: which run's saves a file belongs to
+        "ss_full_fp16": str(bool(config.full_fp16)),
+        "ss_fp8_base": str(bool(config.fp8_base)),
+        "ss_fp8_base_unet": str(bool(config.fp8_base_unet)),
         "ss_tag_frequency": json.dumps(dataset.tag_frequency(), ensure_ascii=False),
         "ss_training_started_at": str(started_at),
         "ss_training_finished_at": str(time.time()),
@@ -137,12 +144,14 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
     if network_args_metadata(config):  # kohya writes it only when network_args are given
         meta["ss_network_args"] = json.dumps(network_args_metadata(config))
     meta.update(model_hashes(config.pretrained_model_name_or_path))
+    # kohya writes the bucket keys with buckets off too (ss_bucket_info "null")
+    meta.update(ss_enable_bucket=str(bool(buckets)), ss_bucket_info="null", ss_bucket_no_upscale=str(
+        bool(config.bucket_no_upscale)), ss_min_bucket_reso=str(config.min_bucket_reso),
+        ss_max_bucket_reso=str(config.max_bucket_reso))
     if buckets:
         from ..train.bucketing import metadata as bucket_metadata
 
-        meta.update(ss_enable_bucket="True", ss_bucket_info=bucket_metadata(dataset, buckets),
-                    ss_min_bucket_reso=str(config.min_bucket_reso), ss_max_bucket_reso=str(config.max_bucket_reso),
-                    ss_bucket_no_upscale=str(config.bucket_no_upscale))
+        meta["ss_bucket_info"] = bucket_metadata(dataset, buckets)
     if any(item.subset is not None for item in dataset.items):  # kohya's dataset config: per dataset
         from ..data.datasets_metadata import datasets_metadata
 

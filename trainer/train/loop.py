@@ -276,7 +276,7 @@ class StepLoop:
         s = self.s
         tensors, diffusers = s.network.state_dicts()
         meta = build_metadata(s.config, s.family, s.dataset, self.step, self.epoch, self.started, s.buckets,
-                              tensor_names=tensors, thumbnail=self.last_sample)
+                              tensor_names=tensors, thumbnail=self.last_sample, world=s.dist.world)
         return TrainedLora(tensors, meta, diffusers)
 
     @_evaluation_weights
