@@ -84,17 +84,28 @@ def ours(spec: Spec, cache: bool) -> dict:
             "wall_seconds": time.perf_counter() - loaded_at}
 
 
+def training_lora(model, rank: int) -> list:
+    """The LoRA train() builds for this family at ``rank`` (alpha = rank): kohya's module set on
+    SD1.5/SDXL, the attention set on Kolors (trainer/lora/targets.py)."""
+    from trainer.config import TrainConfig
+    from trainer.lora.network import add_lora_modules
+    from trainer.lora.targets import network_spec, unet_targets
+
+    spec = network_spec(TrainConfig(network_dim=rank, network_alpha=rank), model.family.name)
+    return add_lora_modules(model.unet, unet_targets(model.unet, spec))
+
+
 def floor(spec: Spec) -> dict:
     import floor as bare
 
     from trainer.data.dataset import load_dataset
-    from trainer.lora.network import add_unet_lora, autocast_lora_inputs
+    from trainer.lora.network import autocast_lora_inputs
 
     model, autocast = load(spec)
     dataset = load_dataset(spec.data)
     steps = spec.steps_per_epoch * spec.epochs
     draws, kwargs = bare.prepare(model, dataset, spec.resolution, spec.batch, steps)
-    params = add_unet_lora(model.unet, spec.rank, spec.rank, model.family.lora_targets)
+    params = training_lora(model, spec.rank)
     # the floor skips peft's input up-casts as train() does (same result, less copying)
     times = bare.run(model, draws, kwargs, params, autocast_lora_inputs(autocast, model.unet))
     return {"step_seconds": times, "model_gb": model_gigabytes(model), "memory": {"end": memory_status()}}
@@ -104,11 +115,9 @@ def reference(spec: Spec) -> dict:
     import reference_loop
 
     from trainer.data.dataset import load_dataset
-    from trainer.lora.network import add_unet_lora
-
     model, autocast = load(spec)
     dataset = load_dataset(spec.data)
-    params = add_unet_lora(model.unet, spec.rank, spec.rank, model.family.lora_targets)
+    params = training_lora(model, spec.rank)
     times = reference_loop.run(model, dataset, spec.resolution, spec.batch, spec.epochs, params, autocast)
     return {"epoch_seconds": times, "model_gb": model_gigabytes(model), "memory": {"end": memory_status()}}
 

@@ -3,7 +3,7 @@
 loads and transforms the images, runs the VAE and the text encoder(s), draws noise, adds it,
 runs the UNet, takes the MSE and steps AdamW. Nothing is cached, as in the recipes.
 
-It runs on the same loaded model, LoRA (trainer.lora.network.add_unet_lora), batch and data as
+It runs on the same loaded model, LoRA (bench_run.training_lora: what train() builds), batch and data as
 the trainer, so the difference measured is the loop's own. Kolors has no diffusers recipe: its
 ChatGLM conditioning goes through the family adapter, every step, the same way.
 """

@@ -44,15 +44,15 @@ class Bench:
 
     def __init__(self, spec: Spec):
         import floor
-        from bench_run import load
+        from bench_run import load, training_lora
         from trainer.data.dataset import load_dataset
-        from trainer.lora.network import add_unet_lora, autocast_lora_inputs
+        from trainer.lora.network import autocast_lora_inputs
         from trainer.train.optim import build_optimizer
 
         self.model, plain = load(spec)
         draws, self.kwargs = floor.prepare(self.model, load_dataset(spec.data), spec.resolution, spec.batch, 1)
         self.noisy, self.target, self.t = draws[0]
-        params = add_unet_lora(self.model.unet, spec.rank, spec.rank, self.model.family.lora_targets)
+        params = training_lora(self.model, spec.rank)
         self.autocast = {"as trained": autocast_lora_inputs(plain, self.model.unet), "peft up-casts": plain}
         quiet = {"log": lambda _: None}
         self.optimizers = {"fused": build_optimizer("AdamW", params, 1e-4, None, "cpu", **quiet),
