@@ -4,7 +4,7 @@
     python bench/train_step.py --full               # full-size SD1.5 and SDXL, random bf16, 256²
     python bench/train_step.py --full --family sdxl --steps 4 --epochs 4 --out bench/out
 
-For each family, on the same model, batch, LoRA (rank 8 on attention) and data, each in its own
+For each family, on the same model, batch, LoRA (rank 8 on the modules train() builds) and data, each in its own
 process: trainer.train.loop.train() with caching (latents + text outputs) and without, the bare
 UNet forward + backward + AdamW step on a prepared batch (the floor), and a plain loop after
 diffusers' train_text_to_image_lora recipes (VAE and text encoder every step). Prints a table of
@@ -101,7 +101,7 @@ def main() -> None:
     info = machine()
     command = "python bench/train_step.py " + " ".join(sys.argv[1:])
     header = (f"{info['cpu']}, {info['threads']} threads, {info['ram_gb']} GB RAM, torch {info['torch']}; "
-              f"batch {shape['batch']}, {shape['resolution']}², bf16, LoRA rank 8 on attention, "
+              f"batch {shape['batch']}, {shape['resolution']}², bf16, LoRA rank 8 on the modules train() builds, "
               f"{args.steps} steps per epoch, {args.epochs} epochs")
     print("\n" + header + "\n" + plain_table(rows) + "\n")
     print(targets_table(rows))
