@@ -3,8 +3,6 @@ of hidden_states[-1], left-padded to 256 tokens), trained on a 1100-step schedul
 
 from pathlib import Path
 
-import torch
-
 from ..data.prompt_weights import plain_text
 from ..errors import TrainerError
 from ..models.parts import find_file, load_transformers_model

@@ -1,7 +1,5 @@
 """Stable Diffusion 1.x: one CLIP-L text encoder, 512px, epsilon prediction."""
 
-import torch
-
 from ..models.parts import load_clip_tokenizer, load_transformers_model
 from .base import Conditioning, Family, scaled_linear
 from .clip_chunks import chunk_count, encode_chunks, encode_for_sampling
