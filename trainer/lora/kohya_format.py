@@ -87,8 +87,21 @@ def network_args_metadata(config) -> dict[str, str]:
     return args
 
 
+def optimizer_metadata(config, optimizer=None) -> str:
+    """kohya's ss_optimizer: the optimizer's class path, with the optimizer_args as ``(k=v,...)``;
+    the configured name when no optimizer is at hand (estimates before a run)."""
+    if optimizer is None:
+        return config.optimizer_type
+    from ..train.optim import parse_optimizer_args
+
+    cls = type(optimizer)
+    args = ",".join(f"{k}={v}" for k, v in parse_optimizer_args(config.optimizer_args).items())
+    return f"{cls.__module__}.{cls.__name__}" + (f"({args})" if args else "")
+
+
 def build_metadata(config, family, dataset, steps: int, epochs: int, started_at: float,
-                   buckets: dict | None = None, tensor_names=(), thumbnail=None, world: int = 1) -> dict[str, str]:
+                   buckets: dict | None = None, tensor_names=(), thumbnail=None, world: int = 1,
+                   num_epochs: int | None = None, optimizer=None) -> dict[str, str]:
     """kohya's ss_* keys, modelspec.* (modelspec.py; ``thumbnail``: the image used when the config
     names none) and ours (lt_*). With no_metadata, only kohya's minimum and modelspec, as kohya."""
     width, height = config.size()
@@ -107,12 +120,12 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         "ss_unet_lr": str(config.unet_lr if config.unet_lr is not None else config.learning_rate),
         "ss_text_encoder_lr": str(config.text_encoder_lr or 0),
         "ss_network_train_unet_only": str(not config.trains_text_encoder),
-        "ss_optimizer": config.optimizer_type,
+        "ss_optimizer": optimizer_metadata(config, optimizer),
         "ss_lr_scheduler": config.lr_scheduler,
         "ss_max_train_steps": str(steps),
         "ss_steps": str(steps),
         "ss_epoch": str(epochs),
-        "ss_num_epochs": str(config.max_train_epochs),
+        "ss_num_epochs": str(num_epochs if num_epochs is not None else config.max_train_epochs),
         "ss_batch_size_per_device": str(config.train_batch_size),
         "ss_num_train_images": str(dataset.num_train_samples),
         "ss_num_reg_images": str(dataset.num_reg_images),

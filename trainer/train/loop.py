@@ -29,7 +29,7 @@ from .evaluate import dataset_loss
 from .host_memory import reuse_freed_memory
 from .micro_batch import draw_micro_batch
 from .optim import evaluation_weights, finish_training, start_training
-from .run_setup import RunSetup, prepare_run, total_steps  # noqa: F401 (total_steps: the tests')
+from .run_setup import RunSetup, planned_epochs, prepare_run, total_steps  # noqa: F401 (total_steps: the tests')
 from .snapshots import save_outputs  # noqa: F401 (the CLI's)
 from .snapshots import keep_epoch_state, remove_old_step_states, save_epoch, save_step, wants_samples
 from .sources import diffusers_clip_skip  # noqa: F401 (the tests')
@@ -276,7 +276,9 @@ class StepLoop:
         s = self.s
         tensors, diffusers = s.network.state_dicts()
         meta = build_metadata(s.config, s.family, s.dataset, self.step, self.epoch, self.started, s.buckets,
-                              tensor_names=tensors, thumbnail=self.last_sample, world=s.dist.world)
+                              tensor_names=tensors, thumbnail=self.last_sample, world=s.dist.world,
+                              num_epochs=planned_epochs(s.config, s.dataset, s.buckets, s.dist.world),
+                              optimizer=s.optimizer)
         return TrainedLora(tensors, meta, diffusers)
 
     @_evaluation_weights

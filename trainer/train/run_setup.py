@@ -93,6 +93,14 @@ def total_steps(config: TrainConfig, dataset: Dataset, buckets: dict | None = No
     return math.ceil(batches / config.gradient_accumulation_steps) * config.max_train_epochs
 
 
+def planned_epochs(config: TrainConfig, dataset: Dataset, buckets: dict | None = None, world: int = 1) -> int:
+    """kohya's num_train_epochs (ss_num_epochs): max_train_epochs, or the epochs max_train_steps spans."""
+    if not config.max_train_steps:
+        return int(config.max_train_epochs)
+    batches = steps_per_epoch(dataset, buckets, config.train_batch_size * world, world)
+    return math.ceil(int(config.max_train_steps) / max(1, math.ceil(batches / config.gradient_accumulation_steps)))
+
+
 def prepare_run(config: TrainConfig, model: LoadedModel | None, dataset: Dataset | None,
                 callbacks: Callbacks | None, device: torch.device | None, dist: Distributed) -> RunSetup:
     """Everything before the first step, in this order: the random draws (LoRA init, noise) and
