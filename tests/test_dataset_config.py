@@ -10,6 +10,7 @@ import pytest
 
 from conftest import paint
 from trainer.config import TrainConfig
+from trainer.config_files import config_from_toml
 from trainer.data.kohya_dataset_config import load_dataset_config
 from trainer.errors import TrainerError
 from trainer.train.api import Callbacks
@@ -252,7 +253,7 @@ def test_dataset_config_path_is_relative_to_the_training_config(tmp_path, monkey
     (tmp_path / "proj" / "train.toml").write_text("dataset_config = \"dataset.toml\"\nnetwork_train_unet_only = true\n",
                                                 encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    config = TrainConfig.from_toml(tmp_path / "proj" / "train.toml")
+    config = config_from_toml(tmp_path / "proj" / "train.toml")
     assert Path(config.dataset_config) == tmp_path / "proj" / "dataset.toml"
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from full_disk import cli_on_full_drive, small_run
 from trainer.config import TrainConfig
+from trainer.config_files import config_from_toml
 from trainer.errors import TrainerError
 from trainer.train import disk_space, run_setup
 from trainer.train.loop import Callbacks, save_outputs, train
@@ -17,7 +18,7 @@ HEAVY = dict(max_train_epochs=3, save_every_n_epochs=1, save_state=True, cache_l
 
 
 def config_for(tmp_path, model, **settings) -> TrainConfig:
-    return TrainConfig.from_toml(small_run(tmp_path, model, **settings))
+    return config_from_toml(small_run(tmp_path, model, **settings))
 
 
 def usage_of(files) -> int:

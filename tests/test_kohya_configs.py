@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from conftest import ROOT
 from trainer.config import TrainConfig
+from trainer.config_files import config_from_file
 from trainer.errors import TrainerError
 from trainer.train.loop import train
 from trainer.train.snapshots import save_outputs
@@ -65,7 +66,7 @@ def test_published_config_trains_or_stops_as_kohya(name, tiny_models, star_datas
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            values = TrainConfig.from_file(path).to_dict()
+            values = config_from_file(path).to_dict()
             values.update(pretrained_model_name_or_path=str(tiny_models(family)), train_data_dir=str(star_dataset),
                           output_dir=str(tmp_path / "out"), reg_data_dir="", vae="", resume="", network_weights="",
                           dataset_config="", cache_dir="", max_train_steps=1, resolution="64", train_batch_size=1,

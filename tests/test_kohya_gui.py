@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 from conftest import ROOT
-from trainer.config import TrainConfig
+from trainer.config_files import config_from_file
 from trainer.errors import TrainerError
 from trainer.kohya_gui import gui_to_kohya, parse_additional_parameters
 from trainer.train.loop import train
@@ -20,14 +20,14 @@ def from_gui(values: dict, tmp_path, name="preset.json"):
     path.write_text(json.dumps(values))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = TrainConfig.from_file(path)
+        config = config_from_file(path)
     return config, [str(w.message) for w in caught]
 
 
 def load_real(name):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = TrainConfig.from_file(CONFIGS / name)
+        config = config_from_file(CONFIGS / name)
     return config, [str(w.message) for w in caught]
 
 

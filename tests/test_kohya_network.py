@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from tests.lora_builders import real_unet_config
 from trainer.config import TrainConfig
+from trainer.config_files import config_from_toml
 from trainer.errors import TrainerError
 from trainer.lora.targets import network_spec, unet_targets
 from trainer.train.loop import train
@@ -121,14 +122,14 @@ def test_kohya_toml_without_unet_only_trains_the_text_encoder_at_learning_rate(t
     path = tmp_path / "k.toml"
     path.write_text('learning_rate = 2e-4\nnetwork_dim = 4\n')
     with pytest.warns(UserWarning, match="text encoder"):
-        config = TrainConfig.from_toml(path)
+        config = config_from_toml(path)
     assert config.trains_text_encoder and config.text_encoder_lr == 2e-4
     path.write_text('learning_rate = 2e-4\nnetwork_train_unet_only = true\n')
-    assert not TrainConfig.from_toml(path).trains_text_encoder
+    assert not config_from_toml(path).trains_text_encoder
     # what we write reads back as the same run
     ours = TrainConfig(learning_rate=1e-4)
     (tmp_path / "ours.toml").write_text(ours.to_toml())
-    assert not TrainConfig.from_toml(tmp_path / "ours.toml").trains_text_encoder
+    assert not config_from_toml(tmp_path / "ours.toml").trains_text_encoder
 
 
 def test_kohya_dropouts_and_loraplus(tiny_models, star_dataset, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT
 from trainer.config import TrainConfig
+from trainer.config_files import config_from_file
 from trainer.errors import TrainerError
 from trainer.kohya_options import ANSWERS, Alias, Note, Refusal, answer, translate
 from trainer.sample_prompts import parse_prompt_line
@@ -102,7 +103,7 @@ def test_a_file_with_epochs_and_steps_trains_the_epochs_as_kohya(tmp_path):
     path.write_text("[training_arguments]\nmax_train_epochs = 3\nmax_train_steps = 10000\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        config = TrainConfig.from_file(path)
+        config = config_from_file(path)
     assert (config.max_train_epochs, config.max_train_steps) == (3, 0)
     assert any("max_train_epochs = 3 wins over max_train_steps" in str(w.message) for w in caught)
     later = TrainConfig.from_dict({**config.to_dict(), "max_train_steps": 2})  # --set afterwards still wins
@@ -118,7 +119,7 @@ def test_sample_prompts_txt_file_beside_the_config(tmp_path, monkeypatch):
     config = tmp_path / "cfg" / "run.toml"
     config.write_text('sample_prompts = "prompts.txt"\n')
     monkeypatch.chdir(tmp_path)  # not the config's folder: the file is found beside the config
-    prompts = TrainConfig.from_file(config).sample_prompts
+    prompts = config_from_file(config).sample_prompts
     assert len(prompts) == 2
     first = parse_prompt_line(prompts[0])
     assert (first.prompt, first.negative, first.width, first.height, first.seed, first.steps, first.cfg,

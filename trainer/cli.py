@@ -11,7 +11,8 @@ from .errors import TrainerError
 
 def cmd_train(args) -> int:
     """One process, or one of several under torchrun / accelerate launch (rank 0 writes)."""
-    from .config import TrainConfig, parse_overrides
+    from .config import TrainConfig
+    from .config_files import config_from_file, parse_overrides
     from .progress import quiet_libraries, tqdm_callbacks
     from .train import distributed
     from .train.loop import save_outputs, train
@@ -19,7 +20,7 @@ def cmd_train(args) -> int:
     quiet_libraries()
     values = {}
     if args.config:
-        values.update(TrainConfig.from_file(args.config).to_dict())
+        values.update(config_from_file(args.config).to_dict())
     values.update(parse_overrides(args.set))
     config = TrainConfig.from_dict(values, source=args.config or "command line")
     dist = distributed.from_environment()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,36 +281,6 @@ class TrainConfig:
         config = cls(**{k: v for k, v in flat.items() if k in known})
         return config._coerced()
 
-    @classmethod
-    def from_toml(cls, path) -> "TrainConfig":
-        from .kohya_options import epochs_over_steps
-
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainerError(f"Config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise TrainerError(f"{path} is not valid TOML: {err}") from None
-        values = epochs_over_steps(values, str(path))
-        return cls.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
-                             base_dir=path.parent)
-
-    @classmethod
-    def from_file(cls, path) -> "TrainConfig":
-        """A kohya TOML, or a .json: a kohya_ss GUI preset / saved config (its own keys, mapped as
-        the GUI maps them) or a flat dict of kohya names."""
-        path = Path(path)
-        if path.suffix.lower() != ".json":
-            return cls.from_toml(path)
-        from .kohya_gui import gui_to_kohya, is_gui_config, read_gui_json
-
-        values = read_gui_json(path)
-        if is_gui_config(values):
-            values = gui_to_kohya(values, source=str(path))
-        return cls.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
-                             base_dir=path.parent)
-
     def _coerced(self) -> "TrainConfig":
         """Cast values read from TOML / widgets to the field types (ints given as floats etc.)."""
         for f in dataclasses.fields(self):
@@ -355,32 +324,6 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
-def _paths_beside(values: dict, folder: Path) -> dict:
-    """A relative dataset_config names a file beside the config when there is one there, else one
-    in the working directory (kohya's only place)."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            value = _paths_beside(value, folder)
-        elif key == "dataset_config" and value and not Path(value).expanduser().is_absolute() \
-                and (folder / value).is_file():
-            value = str(folder / value)
-        out[key] = value
-    return out
-
-
-def kohya_text_encoder_default(values: dict) -> dict:
-    """kohya trains the text encoder(s) unless ``network_train_unet_only``, at ``text_encoder_lr`` or
-    else ``learning_rate``: a kohya file saying neither gets that meaning here too."""
-    flat = {k: v for section in values.values() if isinstance(section, dict) for k, v in section.items()}
-    flat.update({k: v for k, v in values.items() if not isinstance(v, dict)})
-    if flat.get("network_train_unet_only") or "text_encoder_lr" in flat or flat.get("network_train_text_encoder_only"):
-        return values
-    warnings.warn("note: no network_train_unet_only and no text_encoder_lr: the text encoder(s) train at "
-                  "learning_rate, as kohya does (set network_train_unet_only = true for a UNet-only LoRA)", stacklevel=3)
-    return {**values, "text_encoder_lr": flat.get("learning_rate", TrainConfig.learning_rate)}
-
-
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -390,19 +333,3 @@ def _toml_value(value) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{text}"'
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """The CLI's ``--set key=value`` pairs, values read as TOML (plain strings otherwise)."""
-    import tomllib
-
-    values = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise TrainerError(f"--set {pair}: write key=value, e.g. --set network_dim=8")
-        try:
-            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key.strip()] = raw
-    return values

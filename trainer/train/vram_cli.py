@@ -39,13 +39,13 @@ def config_family(config) -> str:
 
 
 def vram_command(args) -> int:
-    from ..config import parse_overrides
+    from ..config_files import config_from_file, parse_overrides
     from ..config import TrainConfig
     from ..progress import quiet_libraries
     from .vram import GB, estimate_vram, format_changes, suggest_fit
 
     quiet_libraries()
-    values = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    values = config_from_file(args.config).to_dict() if args.config else {}
     values.update(parse_overrides(getattr(args, "set", None)))
     config = TrainConfig.from_dict(values, source=args.config or "command line").validate()
     family = args.family or config_family(config)
