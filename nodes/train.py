@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..trainer.lora.network_choice import NETWORKS
 from . import comfy_env
 from .headless import write_headless_run
 from .images import preview, to_image_tensor
@@ -30,6 +31,12 @@ MAIN = [
     ("seed", "INT", 42, {"min": 0, "max": 2**31 - 1, "control_after_generate": False},
      "Same seed, same data, same settings: same LoRA (fixed, so queueing again after Cancel resumes)."),
 ]
+
+
+NETWORK_TIP = ("What is trained (docs/adapters.md). LoRA: characters, concepts (seed 000). LoCon: LoRA + the ResNet "
+               "convs, for styles. LoHa / LoKr: LyCORIS, smaller files at the same dim (LoKr smallest). DoRA: LoRA "
+               "with a learned magnitude per channel, often better detail, ~1.5x the step time. OFT: rotates "
+               "features, keeps the model's look. Training Options' network_module / network_args override it.")
 
 
 def widgets(spec) -> dict:
@@ -96,10 +103,13 @@ class LoraTrain:
                              **widgets(MAIN)},
                 "optional": {"options": ("LT_OPTIONS", {"tooltip": "More kohya settings from Training Options."}),
                              "sample_prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
-                                               "Optional prompt(s), one per line, sampled every epoch and shown here."})},
+                                               "Optional prompt(s), one per line, sampled every epoch and shown here."}),
+                             # last, so workflows saved before it still map their widget values
+                             "network": (list(NETWORKS), {"default": "LoRA", "tooltip": NETWORK_TIP})},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def train(self, pipeline, dataset, options=None, sample_prompt="", unique_id=None, **widget_values):
+    def train(self, pipeline, dataset, options=None, sample_prompt="", unique_id=None, network="LoRA",
+              **widget_values):
         from ..trainer.chart import loss_chart
         from ..trainer.config import TrainConfig
         from ..trainer.names import inside, safe_name
@@ -111,6 +121,8 @@ class LoraTrain:
         chosen = dict(widget_values) if preset == "none" else changed_widgets(widget_values)
         values = {**chosen, **(options or {}), "output_name": name}
         values.pop("preset", None)
+        if network != "LoRA" or not {"network_module", "network", "network_args"} & set(options or {}):
+            values.setdefault("network", network)  # Training Options' kohya/LyCORIS settings win
         if preset != "none":
             values["preset"] = preset
         prompts = [p for p in sample_prompt.splitlines() if p.strip()]

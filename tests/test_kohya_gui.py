@@ -78,13 +78,22 @@ def test_gui_keys_outside_the_mapping_are_listed_in_one_warning():
 
 
 @pytest.mark.parametrize("lora_type, algo", [("LyCORIS/LoHa", "loha"), ("LoCon", "locon"), ("LyCORIS/LoKr", "lokr")])
-def test_lycoris_types_name_lycoris_and_are_refused_before_loading(tmp_path, lora_type, algo):
+def test_lycoris_types_give_the_lycoris_network_the_gui_asks_for(tmp_path, lora_type, algo):
+    from trainer.lora.lycoris_spec import ALGOS, lycoris_spec
+
     config, _ = from_gui({"LoRA_type": lora_type, "conv_dim": 8, "conv_alpha": 4, "factor": -1,
                           "pretrained_model_name_or_path": str(tmp_path / "no_model")}, tmp_path)
     assert config.network_module == "lycoris.kohya"
     assert f"algo={algo}" in config.network_args and "conv_dim=8" in config.network_args
-    with pytest.raises(TrainerError, match="lycoris.kohya"):
-        train(config)  # refused by the network builder, not "model not found"
+    spec = lycoris_spec(config)
+    assert (spec.module, spec.conv_dim, spec.conv_alpha) == (ALGOS[algo], 8, 4.0)
+
+
+def test_lycoris_algorithms_not_trained_here_are_refused_before_loading(tmp_path):
+    config, _ = from_gui({"LoRA_type": "LyCORIS/BOFT", "pretrained_model_name_or_path": str(tmp_path / "no_model")},
+                         tmp_path)
+    with pytest.raises(TrainerError, match="boft.* is not an algorithm this trainer trains: use one of lora, locon"):
+        train(config)  # refused by the settings check, not "model not found"
 
 
 def test_other_model_families_are_refused(tmp_path):

@@ -59,6 +59,7 @@ class TrainConfig:
     dataset_config: str = ""  # kohya's dataset TOML ([general], [[datasets]], [[datasets.subsets]])
     # network
     network_module: str = "networks.lora"
+    network: str = ""  # LoRA | LoCon | LoHa | LoKr | DoRA | OFT: sets network_module / network_args for it
     network_dim: int = 16
     network_alpha: float = 8.0
     conv_dim: int = 0  # > 0: also LoRA on ResNet / up- / down-sampler convs (kohya's LoCon)
@@ -188,7 +189,14 @@ class TrainConfig:
         return values[0], values[1]
 
     def validate(self) -> "TrainConfig":
+        from .lora.lycoris_spec import LYCORIS_MODULE, lycoris_spec, require_lycoris
+        from .lora.network_choice import apply_network_choice
+
         self._safe_output_name()
+        apply_network_choice(self)
+        if self.network_module == LYCORIS_MODULE:  # bad LyCORIS args stop here, before anything loads
+            require_lycoris()
+            lycoris_spec(self)
         self.size()
         if self.cache_text_encoder_outputs and (self.shuffle_caption or self.caption_dropout_rate
                                                  or self.caption_tag_dropout_rate or self.token_warmup_step):

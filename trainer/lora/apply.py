@@ -2,7 +2,9 @@
 
 Every layout is converted to our kohya layout first (formats.to_kohya), then diffusers'
 load_lora_weights loads it, so kohya, diffusers/peft, ComfyUI-trainer and DiffSynth files all
-go through one tested path.
+go through one tested path. LyCORIS files (LoHa, LoKr, DoRA, OFT, Tucker LoCon) have no peft form
+that equals them: their modules are rebuilt by LyCORIS (lycoris_weights.py) and applied beside
+the peft adapters, under the same adapter names and strengths.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = No
     if isinstance(tensors, (str, Path)):
         adapter_name = adapter_name or Path(tensors).stem
         tensors, metadata = read_raw(tensors)
+    from .formats import is_lycoris
+
     tensors = to_kohya(tensors, model.family.name, model.pipe.unet.config, alpha, metadata)
     adapter_name = adapter_name or f"lora_{len(list_adapters(model))}"
     pipe = model.pipe
-    if adapter_name in list_adapters(model):
-        pipe.delete_adapters(adapter_name)
+    remove_adapter(model, adapter_name)
+    if is_lycoris(tensors):
+        _apply_lycoris(model, tensors, adapter_name)
+        set_lora_strength(model, {adapter_name: strength})
+        return adapter_name
     try:
         pipe.load_lora_weights({k: v.clone() for k, v in tensors.items()}, adapter_name=adapter_name)
     except (ValueError, KeyError, RuntimeError) as err:
@@ -45,17 +52,56 @@ def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = No
     return adapter_name
 
 
+def _apply_lycoris(model, tensors: dict, adapter_name: str) -> None:
+    from .lycoris_modules import attach, quiet_kernels
+    from .lycoris_weights import LycorisWeights
+
+    quiet_kernels()
+    pipe = model.pipe
+    roots = {part: getattr(pipe, part) for part in ("unet", "text_encoder", "text_encoder_2")
+             if getattr(pipe, part, None) is not None}
+    weights = LycorisWeights.of(tensors, model.family.name, pipe.unet.config)
+    built = weights.build(roots)
+    if not built:
+        raise TrainerError(f"This LoRA does not fit the {model.family.label} model: none of its modules is in it.")
+    for part, modules in built.items():
+        device = next(roots[part].parameters()).device
+        attach(roots[part], adapter_name, modules).to(device=device).requires_grad_(False)
+
+
+def _text_encoders(model) -> list:
+    return [e for e in (getattr(model.pipe, p, None) for p in ("text_encoder", "text_encoder_2")) if e is not None]
+
+
 def list_adapters(model) -> list[str]:
+    from .lycoris_modules import adapters
+
     unet = model.pipe.unet
-    config = getattr(unet, "peft_config", None) or {}
-    return list(config)
+    names = list(getattr(unet, "peft_config", None) or {})
+    for root in [unet] + _text_encoders(model):
+        names += [n for n in adapters(root) if n not in names]
+    return names
+
+
+def remove_adapter(model, adapter_name: str) -> None:
+    """Take ``adapter_name`` off the pipeline, whichever kind it is."""
+    from .lycoris_modules import detach
+
+    if adapter_name in (getattr(model.pipe.unet, "peft_config", None) or {}):
+        model.pipe.delete_adapters(adapter_name)
+    for root in [model.pipe.unet] + _text_encoders(model):
+        detach(root, adapter_name)
 
 
 def set_lora_strength(model, strengths: dict[str, float]) -> None:
     """Activate exactly the adapters in ``strengths`` with those weights."""
-    names = list(strengths)
-    weights = [float(strengths[n]) for n in names]
-    model.pipe.unet.set_adapters(names, weights=weights)
+    from .lycoris_modules import set_multipliers
+
+    for root in [model.pipe.unet] + _text_encoders(model):
+        set_multipliers(root, strengths)
+    peft = sorted(getattr(model.pipe.unet, "peft_config", None) or {})
+    if peft:  # diffusers wants a name it knows: the peft adapters not named stay loaded at weight 0
+        model.pipe.unet.set_adapters(peft, weights=[float(strengths.get(n, 0.0)) for n in peft])
     for part in ("text_encoder", "text_encoder_2"):  # text-encoder LoRA, when the file has one
         encoder = getattr(model.pipe, part, None)
         loaded = set(getattr(encoder, "peft_config", None) or {})

@@ -2,7 +2,7 @@
 
 A builder injects its layers into the UNet (and the text encoders the run trains) and returns a
 ``Network``: everything the run set-up and the step loop need from it, so a new kind of network
-(LyCORIS next) is one more builder here instead of more lines in the loop."""
+(LyCORIS: lycoris_builder.py) is one more builder here instead of more lines in the loop."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from ..errors import TrainerError
 from .dropouts import add_dropouts
+from .lycoris_modules import detach as detach_lycoris
 from .kohya_format import fold_alpha, to_kohya_names
 from .names import kohya_name, unet_file_name
 from .network import ADAPTER, add_lora_modules, autocast_lora_inputs, drop_adapter, lora_state_dict
@@ -54,6 +55,7 @@ def build_lora(model, config, text_encoders: list[str], log=None) -> Network:
 
     def add(component: str, module, modules: dict, lr: float, loraplus: float | None):
         nonlocal params
+        detach_lycoris(module, ADAPTER)  # a LyCORIS network trained on this model before
         if not modules:
             drop_adapter(module, ADAPTER)
             module.requires_grad_(False)
@@ -113,7 +115,14 @@ def _lora_state_dicts(model, text_encoders: list[str], alphas: dict, has_unet: b
     return tensors, diffusers
 
 
-NETWORK_BUILDERS: dict[str, Callable[..., Network]] = {"networks.lora": build_lora}
+def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
+    """``lycoris.kohya``: LyCORIS's algorithms (lycoris_builder.py; imported when used)."""
+    from .lycoris_builder import build_lycoris as build
+
+    return build(model, config, text_encoders, log)
+
+
+NETWORK_BUILDERS: dict[str, Callable[..., Network]] = {"networks.lora": build_lora, "lycoris.kohya": build_lycoris}
 
 
 def network_builder(network_module: str) -> Callable[..., Network]:

@@ -26,16 +26,25 @@ KOHYA, PEFT, COMFY, DIFFSYNTH = "kohya", "peft", "comfy", "diffsynth"
 DIFFSYNTH_DEFAULT_ALPHA = 4.0
 _PARTS = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_A.default.weight", "down"),
           (".lora_B.default.weight", "up"), (".lora_A.weight", "down"), (".lora_B.weight", "up"), (".alpha", "alpha"))
-_UNSUPPORTED = ("hada_", "lokr_", "dora_scale", "lora_mid", ".oft_")
+# LyCORIS parts (LoHa, LoKr, DoRA, Tucker LoCon, OFT), kept as they are under our module names
+LYCORIS_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
+                 "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "oft_blocks", "rescale", "dora_scale",
+                 "lora_mid.weight")
 _FULL_DIFFS = (".diff", ".diff_b")  # ComfyUI's trainer: whole-weight deltas of norms/biases, not LoRA
 _OLD_DIFFUSERS = re.compile(r"\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$")
+
+
+def is_lycoris(tensors: dict) -> bool:
+    """A file with LyCORIS parts (LoHa, LoKr, DoRA, OFT, Tucker LoCon) beside or instead of LoRA pairs."""
+    return any(k.endswith(tuple("." + p for p in LYCORIS_PARTS)) for k in tensors)
 
 
 def detect_format(tensors: dict) -> str:
     keys = list(tensors)
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         return KOHYA
-    if any(k.startswith(("diffusion_model.", "text_encoders.")) and ".lora_" in k for k in keys):
+    if any(k.startswith(("diffusion_model.", "text_encoders.")) and (".lora_" in k or is_lycoris({k: 0}))
+           for k in keys):
         return COMFY
     if any(re.match(r"^blocks\.\d+\.", k) and ".lora_" in k for k in keys):
         return DIFFSYNTH
@@ -74,14 +83,13 @@ def _split(key: str) -> tuple[str, str] | None:
     for suffix, part in _PARTS:
         if key.endswith(suffix):
             return key[: -len(suffix)], part
+    for part in LYCORIS_PARTS:
+        if key.endswith("." + part):
+            return key[: -len(part) - 1], part
     return None
 
 
 def _group(tensors: dict, fmt: str) -> dict[str, dict]:
-    odd = [k for k in tensors if any(u in k for u in _UNSUPPORTED)]
-    if odd:
-        raise TrainerError(f"{odd[0]}: LoHa/LoKr/DoRA/Tucker LoRA parts are not supported; "
-                           "use a plain LoRA (LoCon conv layers are fine).")
     modules: dict[str, dict] = {}
     diffs = [k for k in tensors if k.endswith(_FULL_DIFFS)]
     if diffs:
@@ -134,6 +142,19 @@ def _resolve(module: str, fmt: str, family: str, config) -> tuple[str, str] | No
     return ("unet", module) if module in names.unet_modules(config) else None
 
 
+_KOHYA_PART = {"down": "lora_down.weight", "up": "lora_up.weight"}
+
+
+def _check_pair(module: str, parts: dict) -> None:
+    if "down" not in parts or "up" not in parts:
+        raise TrainerError(f"LoRA module '{module}' lacks its {'up' if 'down' in parts else 'down'} "
+                           "weight: the file is incomplete.")
+    down, up = parts["down"], parts["up"]
+    if down.shape[0] != up.shape[1]:
+        raise TrainerError(f"LoRA module '{module}': down rank {down.shape[0]} != up rank {up.shape[1]}; "
+                           "the file is damaged.")
+
+
 def _conv_shapes(down, up, weight_shape):
     if len(weight_shape) == 4 and down.ndim == 2:
         return down.reshape(down.shape[0], *weight_shape[1:]), up.reshape(*up.shape, 1, 1)
@@ -175,17 +196,18 @@ def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None =
     peft_alphas = _peft_alphas(metadata) if fmt == PEFT else {}
     out, unknown = {}, []
     for module, parts in _group(tensors, fmt).items():
-        if "down" not in parts or "up" not in parts:
-            raise TrainerError(f"LoRA module '{module}' lacks its {'up' if 'down' in parts else 'down'} "
-                               "weight: the file is incomplete.")
-        down, up = parts["down"], parts["up"]
-        if down.shape[0] != up.shape[1]:
-            raise TrainerError(f"LoRA module '{module}': down rank {down.shape[0]} != up rank {up.shape[1]}; "
-                               "the file is damaged.")
+        lycoris = any(p in parts for p in LYCORIS_PARTS)
+        if not lycoris:
+            _check_pair(module, parts)
         where = _resolve(module, fmt, family, unet_config)
         if where is None:
             unknown.append(module)
             continue
+        name = names.kohya_name(where[0], where[1], family)
+        if lycoris:  # LyCORIS's own layout: every part under our name, as LyCORIS wrote it
+            out.update({f"{name}.{_KOHYA_PART.get(part, part)}": value.contiguous() for part, value in parts.items()})
+            continue
+        down, up = parts["down"], parts["up"]
         rank = int(down.shape[0])
         if "alpha" in parts:
             value = float(parts["alpha"].float().item())
@@ -198,7 +220,6 @@ def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None =
             value = float(alpha if alpha is not None else rank)
         if where[0] == "unet":  # ComfyUI's trainer stores conv LoRA flattened to 2-D
             down, up = _conv_shapes(down, up, names.unet_modules(unet_config)[where[1]])
-        name = names.kohya_name(where[0], where[1], family)
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(value, dtype=torch.float32)

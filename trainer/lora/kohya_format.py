@@ -111,7 +111,7 @@ def build_metadata(config, family, dataset, steps: int, epochs: int, started_at:
         entry = where.setdefault(item.folder or dataset.root.name, {"n_repeats": item.repeats, "img_count": 0})
         entry["img_count"] += 1
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": config.network_module,
         "ss_network_dim": str(config.network_dim),
         "ss_network_alpha": str(float(config.network_alpha)),
         "ss_base_model_version": family.base_model_version,
@@ -222,7 +222,8 @@ def save_lora(lora: TrainedLora, path, precision: str = "fp16", layout: str = "k
     if layout not in ("kohya", "diffusers"):
         raise TrainerError(f"LoRA layout '{layout}' is not one of kohya, diffusers.")
     if layout == "diffusers" and lora.diffusers is None:
-        raise TrainerError("This LoRA was not trained here, so its diffusers layout is unknown: save it as kohya.")
+        raise TrainerError("This LoRA has no diffusers layout (not trained here, or a LyCORIS network: LoHa, LoKr, "
+                           "DoRA and OFT exist only in the kohya/LyCORIS layout): save it as kohya.")
     dtype = SAVE_DTYPES[precision]
     source = lora.tensors if layout == "kohya" else lora.diffusers
     tensors = {k: v.to(dtype) for k, v in source.items()}

@@ -28,7 +28,14 @@ class NetworkWeights:
 
         if not Path(path).is_file():
             raise TrainerError(f"network_weights: {path} is not a file. Give the LoRA .safetensors to continue from.")
+        from .formats import is_lycoris
+
         tensors = read_lora_file(path, family, unet_config)
+        if is_lycoris(tensors):
+            kinds = sorted({k.rsplit(".", 1)[-1].split("_")[0] for k in tensors if not k.endswith((".alpha", "weight"))})
+            raise TrainerError(f"network_weights: {Path(path).name} is a LyCORIS file ({', '.join(kinds)} parts): "
+                               "continue it with network_module = \"lycoris.kohya\" and network_args algo= (and "
+                               "dora_wd=True) as it was trained, or network = LoHa / LoKr / DoRA / OFT.")
         parts: dict = {}
         for key in tensors:
             if not key.endswith(".lora_down.weight"):

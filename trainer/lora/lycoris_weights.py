@@ -1,0 +1,76 @@
+"""LyCORIS files (LoHa, LoKr, DoRA, OFT, LoCon) as modules on a model: for LoRA Load / Sampler
+preview and to continue training them (``network_weights``).
+
+The file is first brought to our kohya names (formats.to_kohya: kohya, LyCORIS and ComfyUI-trainer
+names all read); each module is then rebuilt by LyCORIS's own reader from its tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainerError
+from . import lycoris_modules as lm
+from .network_weights import _actual_path
+
+
+@dataclass
+class LycorisWeights:
+    path: str
+    tensors: dict[str, torch.Tensor]  # our kohya names
+    where: dict[str, tuple[str, str]]  # module name -> (component, module path)
+
+    @classmethod
+    def read(cls, path, family: str, unet_config, spec=None) -> "LycorisWeights":
+        from .apply import read_lora_file
+
+        if not Path(path).is_file():
+            raise TrainerError(f"network_weights: {path} is not a file. Give the LoRA .safetensors to continue from.")
+        return cls.of(read_lora_file(path, family, unet_config), family, unet_config, str(path))
+
+    @classmethod
+    def of(cls, tensors: dict, family: str, unet_config, path: str = "") -> "LycorisWeights":
+        from .formats import KOHYA, _resolve
+
+        where = {}
+        for key in tensors:
+            name = key.split(".", 1)[0]
+            if name not in where:
+                found = _resolve(name, KOHYA, family, unet_config)
+                if found:
+                    where[name] = found
+        return cls(path, tensors, where)
+
+    def build(self, roots: dict, component: str | None = None) -> dict[str, dict[str, torch.nn.Module]]:
+        """{component: {module name: LyCORIS module on its base module in ``roots``}} (the modules of
+        components not in ``roots`` are left out)."""
+        out: dict[str, dict] = {}
+        for name, (part, path) in self.where.items():
+            root = roots.get(part)
+            if root is None or (component and part != component):
+                continue
+            module = from_tensors(self.tensors, name, root.get_submodule(_actual_path(root, path)))
+            if module is not None:
+                out.setdefault(part, {})[name] = module
+        return out
+
+def from_tensors(tensors: dict, name: str, base):
+    """LyCORIS's reader for module ``name``, plus what it leaves out: a DoRA scale on the input axis
+    (LyCORIS's wd_on_output=False; its reader assumes the output axis)."""
+    key = f"{name}.dora_scale"
+    scale = tensors.get(key)
+    on_input = scale is not None and scale.shape[0] != base.weight.shape[0]
+    if on_input:
+        tensors = {k: v for k, v in tensors.items() if k != key}
+    module = lm.modules_from_state(tensors, name, base)
+    if module is not None and on_input:  # the attributes LyCORIS's weight_decompose reads
+        module.wd, module.wd_on_out = True, False
+        module.dora_norm_dims = base.weight.dim() - 1
+        module.dora_scale = torch.nn.Parameter(scale.float().clone())
+    return module
+
+
+def file_algorithms(modules: dict) -> set[str]:
+    return {lm.algo_of(m) for parts in modules.values() for m in parts.values()}
