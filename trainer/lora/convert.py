@@ -23,11 +23,13 @@ def converted_metadata(source: dict, tensors: dict, family: str, fmt: str) -> di
     """The source's metadata plus what kohya-style tools need to read the converted file."""
     from ..families import get_family
 
+    from .formats import is_lycoris
+
     fam = get_family(family)
     downs = [v for k, v in tensors.items() if k.endswith("lora_down.weight")]
     alphas = [float(v) for k, v in tensors.items() if k.endswith(".alpha")]
     meta = {k: str(v) for k, v in (source or {}).items() if k != "lora_adapter_metadata"}
-    meta.setdefault("ss_network_module", "networks.lora")
+    meta.setdefault("ss_network_module", "lycoris.kohya" if is_lycoris(tensors) else "networks.lora")
     meta.setdefault("ss_network_dim", str(int(downs[0].shape[0])) if downs else "0")
     meta.setdefault("ss_network_alpha", str(alphas[0]) if alphas else "0")
     meta.setdefault("ss_base_model_version", fam.base_model_version)
@@ -56,4 +58,5 @@ def convert_file(src, dst, family: str = "auto", alpha: float | None = None, mod
     meta = converted_metadata(metadata, kohya, family, fmt)
     out = save_lora(TrainedLora(kohya, meta), dst, precision)
     summary = describe(summarize(meta, kohya))
-    return out, f"{fmt} -> kohya ({len(kohya) // 3} modules): {summary}"
+    modules = len({key.split(".", 1)[0] for key in kohya})
+    return out, f"{fmt} -> kohya ({modules} modules): {summary}"

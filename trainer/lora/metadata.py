@@ -63,16 +63,37 @@ def summarize(metadata: dict[str, str], tensors: dict | None = None) -> dict:
         alpha = float(alphas[0]) if alphas else None
     steps = meta.get("ss_steps") or meta.get("ss_max_train_steps")
     trigger = meta.get("modelspec.trigger_phrase", "")
-    return {"family": family, "rank": rank, "alpha": alpha,
+    return {"family": family, "network": network_kind(meta, tensors), "rank": rank, "alpha": alpha,
             "steps": int(steps) if str(steps or "").isdigit() else None,
             "trigger_words": trigger or "", "title": meta.get("modelspec.title", ""),
             "top_tags": top_tags(meta.get("ss_tag_frequency", "{}"))}
 
 
+def network_kind(meta: dict, tensors: dict | None = None) -> str:
+    """LoRA, LoCon, LoHa, LoKr, OFT (+ DoRA) from the tensor names, else from ss_network_args."""
+    keys = list(tensors or ())
+    args = meta.get("ss_network_args") or "{}"
+    try:
+        args = json.loads(args)
+    except json.JSONDecodeError:
+        args = {}
+    if keys:
+        kind = ("LoHa" if any(".hada_" in k for k in keys) else "LoKr" if any(".lokr_" in k for k in keys)
+                else "OFT" if any(k.endswith(".oft_blocks") for k in keys)
+                else "LoCon" if any(k.endswith("lora_down.weight") and tensors[k].ndim == 4 and tensors[k].shape[-1] > 1
+                                    for k in keys) else "LoRA")
+        dora = any(k.endswith(".dora_scale") for k in keys)
+    else:
+        algo = str(args.get("algo", "lora")).lower()
+        kind = {"loha": "LoHa", "lokr": "LoKr", "diag-oft": "OFT", "oft": "OFT", "locon": "LoCon"}.get(algo, "LoRA")
+        dora = str(args.get("dora_wd", "")).lower() == "true"
+    return kind + (" + DoRA" if dora else "")
+
+
 def describe(summary: dict) -> str:
     """One short human-readable paragraph for the CLI and the node's info output."""
     tags = ", ".join(f"{t} ({c})" for t, c in summary["top_tags"]) or "none recorded"
-    fields = [f"family {summary['family'] or 'unknown'}", f"rank {summary['rank'] or '?'}",
+    fields = [f"family {summary['family'] or 'unknown'}", summary.get("network") or "LoRA", f"rank {summary['rank'] or '?'}",
               f"alpha {summary['alpha'] if summary['alpha'] is not None else '?'}",
               f"steps {summary['steps'] if summary['steps'] is not None else '?'}"]
     trigger = summary["trigger_words"] or "none"
