@@ -167,3 +167,16 @@ def test_convert_keeps_lycoris_parts_from_comfyui_trainer_names(tiny_models, sta
     assert meta["ss_network_module"] == "lycoris.kohya" and "LoKr" in summary
     by_part = lambda d: sorted((k.split(".", 1)[1], tuple(v.shape)) for k, v in d.items())  # noqa: E731
     assert by_part(converted) == by_part(tensors)
+
+
+def test_scale_weight_norms_uses_lycoris_max_norm(tiny_models, star_dataset, tmp_path):
+    from trainer.train.api import Callbacks
+
+    logs = []
+    config = config_for(tiny_models("sd15"), star_dataset, tmp_path, network="LoHa", scale_weight_norms=1e-3)
+    model = load_model(tiny_models("sd15"), "sd15", "fp32")
+    train(config, model=model, callbacks=Callbacks(log=logs.append))
+    line = next(line for line in logs if line.startswith("scale_weight_norms"))
+    assert " of 74 modules scaled" in line and not line.startswith("scale_weight_norms 0.001: 0 of")
+    modules = adapters(model.unet)["lt_lora"].values()  # LyCORIS's LoHa norm, at most max_norm after the last step
+    assert max(float((m.get_weight(m.shape) * m.scalar).norm()) for m in modules) <= 1e-3 * 1.01

@@ -85,7 +85,32 @@ class MaxNorm:
         return apply_max_norm(self.pairs, self.max_norm)
 
 
-def max_norm_for(run) -> MaxNorm | None:
+class LycorisMaxNorm:
+    """LyCORIS's own max-norm (each module's ``apply_max_norm``, what kohya calls through the
+    network's apply_max_norm_regularization): its norm of each algorithm's delta weight."""
+
+    def __init__(self, modules, max_norm: float, device):
+        from .lycoris_modules import adapters
+
+        self.max_norm, self.device = float(max_norm), device
+        self.pairs = [m for root in modules for m in adapters(root).get(ADAPTER, {}).values()]
+
+    @torch.no_grad()
+    def __call__(self) -> NormReport | None:
+        if not self.pairs:
+            return None
+        scaled, norms = 0, []
+        for module in self.pairs:
+            hit, norm = module.apply_max_norm(self.max_norm, self.device)
+            if hit is not None:
+                scaled += int(hit)
+                norms.append(float(norm))
+        if not scaled:  # LyCORIS reports zeros when nothing was scaled
+            return NormReport(0, 0.0, 0.0)
+        return NormReport(scaled, sum(norms) / len(norms), max(norms))
+
+
+def max_norm_for(run) -> MaxNorm | LycorisMaxNorm | None:
     """The MaxNorm of a RunSetup (config.scale_weight_norms, the UNet and the trained text
     encoders), or None when the option is off or the network has no LoRA layers (kohya warns
     and turns the option off for networks without apply_max_norm_regularization)."""
@@ -95,7 +120,10 @@ def max_norm_for(run) -> MaxNorm | None:
     if value < 0:  # kohya takes the square root of a negative ratio: NaN weights
         raise TrainerError(f"scale_weight_norms must be positive (got {value}); 1 is kohya's suggested start.")
     modules = [run.model.unet] + [getattr(run.model.pipe, name) for name in run.network.text_encoders]
-    regularizer = MaxNorm(modules, value)
+    if run.config.network_module == "lycoris.kohya":
+        regularizer = LycorisMaxNorm(modules, value, run.device)
+    else:
+        regularizer = MaxNorm(modules, value)
     if not regularizer.pairs:
         run.cb.log(f"warning: scale_weight_norms is set but {run.config.network_module} has no LoRA "
                    "up/down pairs to scale: the option does nothing in this run")
