@@ -122,7 +122,8 @@ class LoraLoad:
     RETURN_TYPES = ("LT_PIPELINE",)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "apply"
-    DESCRIPTION = "Applies a LoRA file from models/loras (kohya, diffusers/peft, DiffSynth .ckpt) to the pipeline."
+    DESCRIPTION = ("Applies a LoRA file from models/loras to the pipeline: kohya, diffusers/peft, ComfyUI-trainer and "
+                   "DiffSynth .ckpt LoRAs, and LyCORIS files (LoCon, LoHa, LoKr, DoRA, OFT).")
 
     @classmethod
     def INPUT_TYPES(cls):

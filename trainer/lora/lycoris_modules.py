@@ -36,6 +36,7 @@ def attach(root, adapter_name: str, modules: dict[str, torch.nn.Module]) -> torc
     holder = torch.nn.ModuleDict({name.replace(".", "_"): module for name, module in modules.items()})
     for module in holder.values():
         module.apply_to()
+        module.lt_follow_hook = module.org_module[0].register_forward_pre_hook(_follow(module))
     _ATTACHED.setdefault(root, {})[adapter_name] = holder
     return holder
 
@@ -50,16 +51,29 @@ def detach(root, adapter_name: str) -> bool:
         for module in reversed(list(held[name].values())):
             module.restore()
     for module in held[adapter_name].values():
-        hook = getattr(module, "lt_strength_hook", None)
-        if hook is not None:
-            hook.remove()
-            module.lt_strength_hook = None
+        for attr in ("lt_strength_hook", "lt_follow_hook"):
+            hook = getattr(module, attr, None)
+            if hook is not None:
+                hook.remove()
+                setattr(module, attr, None)
     del held[adapter_name]
     for name in order:
         if name in held:
             for module in held[name].values():
                 module.apply_to()
     return True
+
+
+def _follow(module):
+    """The modules are not children of the model, so ``model.to(device)`` (offloading between
+    nodes, paging encoders) leaves them where they are: each follows its input's device."""
+    first = next(module.parameters(), None)
+
+    def move(base_module, args):
+        if first is not None and args and torch.is_tensor(args[0]) and args[0].device != first.device:
+            module.to(args[0].device)
+
+    return move
 
 
 def set_multipliers(root, strengths: dict[str, float]) -> None:
