@@ -5,12 +5,16 @@
     python bench/kohya_parity.py ... --only ours         # run one side again (kohya's file stays)
     python bench/kohya_parity.py --compare-only          # compare the files of the last runs again
     python bench/kohya_parity.py ... --freeze tests/data  # write kohya's keys as the frozen lists
+    python bench/kohya_parity.py ... --kohya-env LYCORIS_KERNEL_BACKEND=torch --case sd15_loha  # LyCORIS
 
 For each case one TOML (bench/kohya_runs.py: full-size random-weight single-file checkpoint, 4
 painted images, 256², batch 1, dim 8 / alpha 4, bf16, 1 step) is trained by kohya
 (``--config_file``) and by ``python -m trainer train --config``, one after the other (full-size
 SDXL: kohya peaks at 16-19 GiB, ours at 6-8 GiB), and the two LoRA files are compared: modules per component
-and kind, keys only in one, shapes, alphas, dtypes, ss_*/modelspec.* metadata keys. A bench, not a
+and kind, keys only in one, shapes, alphas, dtypes, ss_*/modelspec.* metadata keys, and the values
+of ss_network_module / ss_network_args. The lycoris.kohya cases need lycoris-lora (4.1.3) in kohya's
+python; a case kohya is known to refuse (KOHYA_FAILS) passes when kohya stops with that message and
+ours writes a file. A bench, not a
 test; it never fetches anything. Results: ``<out>/kohya_parity/<case>/`` (TOML, logs, LoRAs,
 diff.txt) and ``<out>/kohya_parity.md``.
 """
@@ -38,8 +42,30 @@ CASES = {  # name: (family, TOML values beyond base_values, what it shows)
                      "SD1.5 + network_args conv_dim=4 conv_alpha=2 + text_encoder_lr"),
     "sdxl_te": ("sdxl", WITH_TE, "SDXL + text_encoder_lr (UNet + both text encoders)"),
 }
+
+
+def _lycoris(family: str, args: list[str], what: str) -> tuple:
+    return (family, {"network_module": "lycoris.kohya", "network_args": args, **UNET_ONLY},
+            f"{what}: lycoris.kohya {' '.join(args)}, UNet only")
+
+
+CASES.update({
+    "sd15_loha": _lycoris("sd15", ["algo=loha", "preset=attn-mlp"], "SD1.5 LoHa"),
+    "sd15_lokr": _lycoris("sd15", ["algo=lokr", "preset=attn-mlp"], "SD1.5 LoKr"),
+    "sd15_dora": _lycoris("sd15", ["algo=lora", "dora_wd=True", "preset=attn-mlp"], "SD1.5 DoRA"),
+    "sd15_oft": _lycoris("sd15", ["algo=diag-oft", "preset=attn-mlp"], "SD1.5 OFT"),
+    "sd15_loha_full": _lycoris("sd15", ["algo=loha"], "SD1.5 LoHa, LyCORIS's default preset full"),
+    "sdxl_lokr": _lycoris("sdxl", ["algo=lokr", "preset=attn-mlp"], "SDXL LoKr"),
+})
+DEFAULT_CASES = ["sd15_unet", "sdxl_unet", "sd15_conv_te", "sdxl_te"]  # networks.lora; LyCORIS by --case
+# cases kohya + LyCORIS 4.1.3 refuses: the message its log must show (ours must train them)
+KOHYA_FAILS = {"sd15_loha_full": "duplicated lora name: lora_unet_time_embedding_linear_1"}
+# metadata whose values must be equal (what a loader rebuilds the network from)
+NETWORK_METADATA = ("ss_network_module", "ss_network_args")
 # the frozen lists tests/test_kohya_keys.py reads: file name per case (sdxl_unet is sdxl_te's UNet part)
-FROZEN = {"sd15_unet": "lora_keys_sd15.txt", "sd15_conv_te": "lora_keys_sd15_conv.txt", "sdxl_te": "lora_keys_sdxl.txt"}
+FROZEN = {"sd15_unet": "lora_keys_sd15.txt", "sd15_conv_te": "lora_keys_sd15_conv.txt", "sdxl_te": "lora_keys_sdxl.txt",
+          **{f"sd15_{algo}": f"lycoris_keys_sd15_{algo}.txt" for algo in ("loha", "lokr", "dora", "oft")},
+          "sdxl_lokr": "lycoris_keys_sdxl_lokr.txt"}
 # metadata that differs between any two runs (times, paths, hashes, ids): keys compared, values not
 VOLATILE = {"ss_training_started_at", "ss_training_finished_at", "ss_session_id", "modelspec.date",
             "ss_sd_model_name", "ss_new_sd_model_hash", "ss_sd_model_hash", "sshs_model_hash",
@@ -75,10 +101,33 @@ def kind(down_shape: tuple) -> str:
     return "conv1x1" if tuple(down_shape[2:]) == (1, 1) else "conv" + "x".join(map(str, down_shape[2:]))
 
 
+# LyCORIS tensors that name a module's algorithm (a LoRA's kind comes from its lora_down's shape)
+LYCORIS_KINDS = {"hada_w1_a": "loha", "lokr_w1": "lokr", "lokr_w1_a": "lokr", "oft_blocks": "oft",
+                 "dora_scale": "dora"}
+
+
 def modules(lora: dict) -> dict[str, tuple[str, str]]:
-    """{module name: (component, kind)} from the lora_down weights."""
-    return {key.split(".", 1)[0]: (component(key), kind(shape)) for key, (shape, _) in lora["keys"].items()
-            if key.endswith(".lora_down.weight")}
+    """{module name: (component, kind)} from the lora_down weights (LyCORIS: its algorithm's tensors)."""
+    out = {}
+    for key, (shape, _) in lora["keys"].items():
+        module, _, tensor = key.partition(".")
+        if tensor == "lora_down.weight" and out.get(module, ("", ""))[1] != "dora":
+            out[module] = (component(key), kind(shape))
+        elif tensor in LYCORIS_KINDS:
+            out[module] = (component(key), LYCORIS_KINDS[tensor])
+    return out
+
+
+def network_metadata_differ(kohya: dict, ours: dict) -> list[tuple[str, str, str]]:
+    """NETWORK_METADATA values that differ (ss_network_args compared as JSON)."""
+    out = []
+    for key in NETWORK_METADATA:
+        a, b = kohya["metadata"].get(key), ours["metadata"].get(key)
+        if key == "ss_network_args" and a and b and json.loads(a) == json.loads(b):
+            continue
+        if a != b:
+            out.append((key, str(a), str(b)))
+    return out
 
 
 # -- comparing two ------------------------------------------------------------------------------
@@ -120,12 +169,14 @@ def compare(kohya: dict, ours: dict) -> dict:
         "metadata_only_kohya": sorted(km_keys - om_keys),
         "metadata_only_ours": sorted(om_keys - km_keys),
         "metadata_values_differ": values,
+        "network_metadata": {k: [kohya["metadata"].get(k), ours["metadata"].get(k)] for k in NETWORK_METADATA},
+        "network_metadata_differ": network_metadata_differ(kohya, ours),
     }
 
 
 def same(result: dict) -> bool:
     return not (result["only_kohya"] or result["only_ours"] or result["shape_mismatches"]
-                or result["alpha_mismatches"])
+                or result["alpha_mismatches"] or result.get("network_metadata_differ"))
 
 
 # -- printing -----------------------------------------------------------------------------------
@@ -157,13 +208,14 @@ def examples(title: str, items: list, show: int) -> list[str]:
 def describe(name: str, result: dict, show: int) -> list[str]:
     what = CASES[name][2]
     lines = [f"### {name}: {what}", "", f"keys: kohya {result['keys']['kohya']}, ours {result['keys']['ours']}"
-             f" - {'SAME network (keys, shapes, alphas)' if same(result) else 'DIFFERENT'}", ""]
+             f" - {'SAME network (keys, shapes, alphas, ss_network_*)' if same(result) else 'DIFFERENT'}", ""]
     lines += table(result) + [""]
     lines += examples("keys only in kohya", result["only_kohya"], show)
     lines += examples("keys only in ours", result["only_ours"], show)
     lines += examples("shape mismatches (key kohya ours)", result["shape_mismatches"], show)
     lines += examples("alpha mismatches (module kohya ours)", result["alpha_mismatches"], show)
     lines.append(f"dtypes: kohya {result['dtypes']['kohya']}, ours {result['dtypes']['ours']}")
+    lines += [f"{k}: kohya {a} | ours {b}" for k, (a, b) in result.get("network_metadata", {}).items()]
     lines += examples("metadata keys only in kohya", result["metadata_only_kohya"], 100)
     lines += examples("metadata keys only in ours", result["metadata_only_ours"], 100)
     lines += examples("metadata values that differ (key kohya ours)",
@@ -188,15 +240,19 @@ def frozen_lines(lora: dict) -> list[str]:
     return out
 
 
-def freeze(name: str, lora: dict, folder: Path, commit: str) -> Path:
+def freeze(name: str, lora: dict, folder: Path, commit: str, lycoris: str = "") -> Path:
     from trainer.atomic import write_text
 
     family, values, what = CASES[name]
     settings = {**NETWORK, **{k: v for k, v in values.items()
-                              if k in ("network_args", "text_encoder_lr", "network_train_unet_only")}}
-    header = [f"# The LoRA kohya-ss/sd-scripts {commit} {SCRIPTS[family]} wrote for {what}",
+                              if k in ("network_module", "network_args", "text_encoder_lr",
+                                       "network_train_unet_only")}}
+    with_lycoris = values.get("network_module") == "lycoris.kohya"
+    header = [f"# The LoRA kohya-ss/sd-scripts {commit}{' + ' + lycoris if with_lycoris else ''} "
+              f"{SCRIPTS[family]} wrote for {what}",
               f"# (real {family} architecture, random weights; {json.dumps(settings)}).",
-              "# Written by bench/kohya_parity.py --freeze; read by tests/test_kohya_keys.py.",
+              "# Written by bench/kohya_parity.py --freeze; read by "
+              + ("tests/test_lycoris_keys.py." if with_lycoris else "tests/test_kohya_keys.py."),
               "# key<TAB>shape[<TAB>alpha]"]
     return write_text(Path(folder) / FROZEN[name], "\n".join(header + frozen_lines(lora)) + "\n")
 
@@ -226,7 +282,10 @@ def run_case(name: str, args, env: dict) -> dict:
             if not run.ok:
                 print(f"[{name}] {who} wrote no LoRA; the end of {run.log}:\n{run.tail()}", flush=True)
     if args.freeze and name in FROZEN and kohya_file.is_file():
-        print(f"[{name}] frozen list: {freeze(name, read_lora(kohya_file), Path(args.freeze), args.kohya_commit)}")
+        frozen = freeze(name, read_lora(kohya_file), Path(args.freeze), args.kohya_commit, lycoris_version(args))
+        print(f"[{name}] frozen list: {frozen}")
+    if name in KOHYA_FAILS:
+        return expected_failure(name, runs, folder, kohya_file, our_file)
     missing = [str(p) for p in (kohya_file, our_file) if not p.is_file()]
     if missing:
         return {"case": name, "runs": runs, "error": "no LoRA file: " + ", ".join(missing)}
@@ -239,6 +298,40 @@ def run_case(name: str, args, env: dict) -> dict:
     return result
 
 
+def expected_failure(name: str, runs: dict, folder: Path, kohya_file: Path, our_file: Path) -> dict:
+    """A case kohya refuses: kohya's log must show KOHYA_FAILS[name] (and no file), ours a file."""
+    log = folder / "kohya.log"
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    kohya_error = next((line.strip() for line in reversed(text.splitlines()) if KOHYA_FAILS[name] in line), None)
+    ours = read_lora(our_file) if our_file.is_file() else None
+    found = modules(ours) if ours else {}  # a file cannot hold a module twice: the count is the check
+    problems = []
+    if kohya_error is None:
+        problems.append(f"kohya's log has no '{KOHYA_FAILS[name]}'" + (" (it wrote a file)" if kohya_file.is_file() else ""))
+    if ours is None:
+        problems.append("ours wrote no LoRA")
+    return {"case": name, "runs": runs, "kohya_error": kohya_error, "ours_modules": len(found),
+            "ours_kinds": dict(Counter(k for _, k in found.values())),
+            "ours_keys": len(ours["keys"]) if ours else 0, "problems": problems}
+
+
+def describe_failure(name: str, result: dict) -> list[str]:
+    verdict = "as expected" if not result["problems"] else "NOT as expected: " + "; ".join(result["problems"])
+    return [f"### {name}: {CASES[name][2]}", "", f"kohya: {result['kohya_error'] or 'no such error'}",
+            f"ours: {result['ours_modules']} modules {result['ours_kinds']}, {result['ours_keys']} keys - {verdict}", ""]
+
+
+def lycoris_version(args) -> str:
+    """lycoris-lora's version in kohya's python (for the frozen lists' header)."""
+    if not args.kohya_python:
+        return "lycoris-lora (version not known)"
+    import subprocess
+
+    code = "import importlib.metadata as m; print(m.version('lycoris-lora'))"
+    done = subprocess.run([args.kohya_python, "-c", code], capture_output=True, text=True)
+    return f"lycoris-lora {done.stdout.strip()}" if done.returncode == 0 else "lycoris-lora (not installed)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kohya", help="a kohya-ss/sd-scripts checkout (needed unless --compare-only)")
@@ -247,7 +340,8 @@ def main(argv=None) -> int:
                    help="environment for kohya's process (repeatable), e.g. PYTHONPATH=/tmp/kohya-shims")
     p.add_argument("--kohya-commit", default="(commit not given)", help="recorded in the frozen lists")
     p.add_argument("--python", default=sys.executable, help="the python that runs our CLI")
-    p.add_argument("--case", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--case", nargs="+", choices=list(CASES), default=DEFAULT_CASES,
+                   help=f"default: {' '.join(DEFAULT_CASES)}")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
     p.add_argument("--show", type=int, default=12, help="examples per list in the printed report")
     p.add_argument("--compare-only", action="store_true", help="compare the LoRA files already there")
@@ -263,6 +357,9 @@ def main(argv=None) -> int:
         if "error" in result:
             lines = [f"### {name}: {result['error']}", ""]
             all_same = False
+        elif "problems" in result:
+            lines = describe_failure(name, result)
+            all_same &= not result["problems"]
         else:
             lines = describe(name, result, args.show)
             all_same &= same(result)

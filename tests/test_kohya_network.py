@@ -81,7 +81,8 @@ def test_network_args_conv_gives_locon_with_kohyas_alphas_and_metadata(tiny_mode
     assert convs and all(tensors[k].shape[0] == 2 for k in convs)
     assert all(tensors[k.replace("lora_down.weight", "alpha")].item() == 1.0 for k in convs)
     assert tensors["lora_unet_down_blocks_0_resnets_0_time_emb_proj.alpha"].item() == 2.0
-    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1"}
+    # kohya adds network_dropout as "dropout" (its workaround for LyCORIS): null when not set
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1", "dropout": None}
     # kohya's values: the optimizer's class path, and the epochs max_train_steps spans (2 of 10 per epoch)
     assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW" and meta["ss_num_epochs"] == "1"
 

@@ -78,12 +78,14 @@ SS_MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_ne
 
 def network_args_metadata(config) -> dict[str, str]:
     """kohya's ``ss_network_args``: the network_args as given (strings), with a top-level
-    conv_dim/conv_alpha written the way kohya users give them."""
+    conv_dim/conv_alpha written the way kohya users give them, and kohya's ``dropout``."""
     from .targets import parse_network_args
 
-    args = parse_network_args(config.network_args)
+    args: dict = parse_network_args(config.network_args)
     if config.conv_dim and "conv_dim" not in args:
         args.update(conv_dim=str(config.conv_dim), conv_alpha=str(config.conv_alpha))
+    if args and "dropout" not in args and not config.dim_from_weights:
+        args["dropout"] = config.network_dropout or None  # kohya passes network_dropout on ("for LyCORIS")
     return args
 
 
