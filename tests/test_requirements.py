@@ -69,3 +69,13 @@ def test_the_check_catches_every_capping_operator_and_accepts_a_reason():
     assert unexplained_caps(fine) == []
     # a comment above that is about something else does not explain the cap
     assert unexplained_caps(["# torch is absent on purpose", "diffusers>=0.32,<1"]) == ["diffusers>=0.32,<1"]
+
+
+def test_requirements_txt_lines_install_one_by_one():
+    # ComfyUI-Manager passes each line of requirements.txt to pip on its own: a comment must have
+    # its own line (pip reads "pkg>=1  # why" given as one argument as an invalid requirement)
+    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" not in line, f"requirements.txt: put the comment above: {line}"
+            Requirement(line.strip())
