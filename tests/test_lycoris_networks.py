@@ -180,3 +180,20 @@ def test_scale_weight_norms_uses_lycoris_max_norm(tiny_models, star_dataset, tmp
     assert " of 74 modules scaled" in line and not line.startswith("scale_weight_norms 0.001: 0 of")
     modules = adapters(model.unet)["lt_lora"].values()  # LyCORIS's LoHa norm, at most max_norm after the last step
     assert max(float((m.get_weight(m.shape) * m.scalar).norm()) for m in modules) <= 1e-3 * 1.01
+
+
+@pytest.mark.parametrize("network", ["DoRA", "LoKr"])
+def test_a_bf16_model_generates_with_its_trained_network_and_with_a_file(tiny_models, star_dataset, tmp_path, network):
+    # LyCORIS trains fp32 parameters under autocast; generating runs without autocast on the bf16
+    # weights (real ComfyUI, Sampler preview after LoRA Train): the modules must meet bf16 inputs
+    model = load_model(tiny_models("sd15"), "sd15", "bf16")
+    config = config_for(tiny_models("sd15"), star_dataset, tmp_path, network=network, mixed_precision="bf16")
+    path = save_outputs(train(config, model=model), config)["lora"]
+    trained = latents(model)
+    assert trained.dtype == torch.bfloat16 and torch.isfinite(trained.float()).all()
+    fresh = load_model(tiny_models("sd15"), "sd15", "bf16")
+    base = latents(fresh)
+    name = apply_lora(fresh, path, 1.0)
+    assert (latents(fresh).float() - base.float()).abs().max() > 0
+    set_lora_strength(fresh, {name: 0.0})
+    assert torch.equal(latents(fresh), base)

@@ -35,6 +35,7 @@ def attach(root, adapter_name: str, modules: dict[str, torch.nn.Module]) -> torc
     detach(root, adapter_name)
     holder = torch.nn.ModuleDict({name.replace(".", "_"): module for name, module in modules.items()})
     for module in holder.values():
+        module.forward = _in_input_dtype(module)  # apply_to hands the base module this forward
         module.apply_to()
         module.lt_follow_hook = module.org_module[0].register_forward_pre_hook(_follow(module))
     _ATTACHED.setdefault(root, {})[adapter_name] = holder
@@ -62,6 +63,23 @@ def detach(root, adapter_name: str) -> bool:
             for module in held[name].values():
                 module.apply_to()
     return True
+
+
+def _in_input_dtype(module):
+    """LyCORIS computes the adapted weight in its own dtype (fp32 while training) and needs autocast
+    to meet bf16/fp16 activations; training runs under autocast, generating may not: then the
+    module runs under autocast to the input's dtype, as the base layer alone would compute."""
+    forward = type(module).forward.__get__(module)
+    own = next(module.parameters(), None)
+
+    def run(x, *args, **kwargs):
+        if (own is not None and torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16)
+                and own.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type)):
+            with torch.autocast(x.device.type, dtype=x.dtype):
+                return forward(x, *args, **kwargs)
+        return forward(x, *args, **kwargs)
+
+    return run
 
 
 def _follow(module):
