@@ -33,10 +33,11 @@ MAIN = [
 ]
 
 
-NETWORK_TIP = ("What is trained (docs/adapters.md). LoRA: characters, concepts (seed 000). LoCon: LoRA + the ResNet "
-               "convs, for styles. LoHa / LoKr: LyCORIS, smaller files at the same dim (LoKr smallest). DoRA: LoRA "
-               "with a learned magnitude per channel, often better detail, ~1.5x the step time. OFT: rotates "
-               "features, keeps the model's look. Training Options' network_module / network_args override it.")
+NETWORK_TIP = ("What is trained (docs/adapters.md: sizes, speed). LoRA: characters, concepts (seed 000). LoCon: LoRA + "
+               "the ResNet convs, for styles. LoHa / LoKr: LyCORIS, LoKr gives the smallest files. DoRA: LoRA with a "
+               "learned magnitude per channel, often better detail. OFT: rotates features, keeps the model's look. "
+               "LyCORIS types take ~1.7-2.1x LoRA's step time and 1.5-2x its memory (SD1.5, CPU). Training "
+               "Options' network_module / network_args override this.")
 
 
 def widgets(spec) -> dict:

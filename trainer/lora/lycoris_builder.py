@@ -86,12 +86,27 @@ def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
             f"{counts.get('unet', 0)} UNet modules, {te_count} text-encoder modules, dim {spec.dim}, "
             f"alpha {spec.alpha:g}" + (f", conv {spec.conv_dim}/{spec.conv_alpha:g}" if spec.conv_dim and _enables_conv(spec) else "")
             + f", {sum(p.numel() for p in params):,} parameters")
+        for warning in comfyui_notes(spec):
+            log(warning)
         if spec.dora and spec.kwargs.get("wd_on_out", True):
             log("note: DoRA on the output axis (LyCORIS's default): ComfyUI (up to at least 2026-08) applies "
                 "it with the norm of the original weight, not the trained one; add wd_on_output=False to "
                 "network_args for a DoRA ComfyUI applies exactly (docs/adapters.md).")
     return Network(params, groups, trainable, list(text_encoders),
                    lambda: _state_dicts(roots), lambda autocast: autocast)
+
+
+def comfyui_notes(spec) -> list[str]:
+    """Settings whose files ComfyUI (a125cd84) applies differently from how they trained."""
+    notes = []
+    if spec.module == "diag-oft" and spec.kwargs.get("constraint"):
+        notes.append("note: OFT with constraint: LyCORIS stores alpha = constraint but limits the rotation by "
+                     "constraint x channels, ComfyUI by alpha, so the file looks different in ComfyUI; leave "
+                     "constraint unset for files ComfyUI applies as trained.")
+    if spec.module == "lokr" and spec.use_tucker:
+        notes.append("note: LoKr with use_tucker writes lokr_t2 for the 3x3 convs, which ComfyUI fails to apply "
+                     "(it logs an error and skips those modules); drop use_tucker for files ComfyUI applies fully.")
+    return notes
 
 
 def _enables_conv(spec) -> bool:
