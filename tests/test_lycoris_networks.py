@@ -118,19 +118,22 @@ def test_files_apply_at_a_strength_and_come_off(tiny_models, star_dataset, tmp_p
     assert list_adapters(model) == [] and torch.equal(latents(model), base)
 
 
-def test_continue_training_takes_the_file_and_the_same_algorithm_only(tiny_models, star_dataset, tmp_path):
-    model = tiny_models("sd15")
-    first = config_for(model, star_dataset, tmp_path / "a", network="LoHa")
+@pytest.mark.parametrize("family, network", [("sd15", "LoHa"), ("sdxl", "LoKr")])
+def test_continue_training_takes_the_file_and_the_same_algorithm_only(tiny_models, star_dataset, tmp_path, family,
+                                                                     network):
+    model = tiny_models(family)
+    first = config_for(model, star_dataset, tmp_path / "a", network=network)
     path = save_outputs(train(first), first)["lora"]
     saved, _ = read(path)
-    again = config_for(model, star_dataset, tmp_path / "b", network="LoHa", network_weights=str(path),
+    again = config_for(model, star_dataset, tmp_path / "b", network=network, network_weights=str(path),
                        learning_rate=1e-12, max_train_steps=1)
-    result = train(again)  # 1 step at lr ~0: the network read back is the file
+    result = train(again)  # 1 step at lr ~0: the network read back is the file (SDXL: same SGM names)
     assert set(result.lora.tensors) == set(saved)
     for key, value in saved.items():
         assert torch.allclose(result.lora.tensors[key].float(), value.float(), atol=1e-5), key
-    with pytest.raises(TrainerError, match="holds loha modules, this run trains lokr"):
-        train(config_for(model, star_dataset, tmp_path / "c", network="LoKr", network_weights=str(path)))
+    other = "LoKr" if network == "LoHa" else "LoHa"
+    with pytest.raises(TrainerError, match=f"holds {network.lower()} modules, this run trains {other.lower()}"):
+        train(config_for(model, star_dataset, tmp_path / "c", network=other, network_weights=str(path)))
     with pytest.raises(TrainerError, match='is a LyCORIS file .*lycoris.kohya'):
         train(config_for(model, star_dataset, tmp_path / "d", network_weights=str(path)))
 

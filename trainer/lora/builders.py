@@ -1,8 +1,8 @@
 """The network a run trains, built by the builder its ``network_module`` names.
 
 A builder injects its layers into the UNet (and the text encoders the run trains) and returns a
-``Network``: everything the run set-up and the step loop need from it, so a new kind of network
-(LyCORIS: lycoris_builder.py) is one more builder here instead of more lines in the loop."""
+``Network``: everything the run set-up and the step loop need from it, so each kind of network is
+one builder here (``lycoris.kohya``: lycoris_builder.py) instead of more lines in the loop."""
 
 from __future__ import annotations
 

@@ -84,7 +84,8 @@ def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
         te_count = sum(counts.get(n, 0) for n in text_encoders)
         log(f"lycoris.kohya {spec.algo}{' + DoRA' if spec.dora else ''}, preset {spec.preset}: "
             f"{counts.get('unet', 0)} UNet modules, {te_count} text-encoder modules, dim {spec.dim}, "
-            f"alpha {spec.alpha:g}" + (f", conv {spec.conv_dim}/{spec.conv_alpha:g}" if spec.conv_dim and _enables_conv(spec) else "")
+            f"alpha {spec.alpha:g}"
+            + (f", conv {spec.conv_dim}/{spec.conv_alpha:g}" if spec.conv_dim and _enables_conv(spec) else "")
             + f", {sum(p.numel() for p in params):,} parameters")
         for warning in comfyui_notes(spec):
             log(warning)

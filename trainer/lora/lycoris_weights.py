@@ -21,6 +21,8 @@ class LycorisWeights:
     path: str
     tensors: dict[str, torch.Tensor]  # our kohya names
     where: dict[str, tuple[str, str]]  # module name -> (component, module path)
+    family: str = ""
+    unet_config: object = None
 
     @classmethod
     def read(cls, path, family: str, unet_config, spec=None) -> "LycorisWeights":
@@ -41,11 +43,13 @@ class LycorisWeights:
                 found = _resolve(name, KOHYA, family, unet_config)
                 if found:
                     where[name] = found
-        return cls(path, tensors, where)
+        return cls(path, tensors, where, family, unet_config)
 
     def build(self, roots: dict, component: str | None = None) -> dict[str, dict[str, torch.nn.Module]]:
-        """{component: {module name: LyCORIS module on its base module in ``roots``}} (the modules of
-        components not in ``roots`` are left out)."""
+        """{component: {module name as we write it (SGM names for SDXL): LyCORIS module on its base
+        module in ``roots``}} (the modules of components not in ``roots`` are left out)."""
+        from .names import kohya_name, unet_file_name
+
         out: dict[str, dict] = {}
         for name, (part, path) in self.where.items():
             root = roots.get(part)
@@ -53,7 +57,9 @@ class LycorisWeights:
                 continue
             module = from_tensors(self.tensors, name, root.get_submodule(_actual_path(root, path)))
             if module is not None:
-                out.setdefault(part, {})[name] = module
+                written = unet_file_name(path, self.family, self.unet_config) if part == "unet" \
+                    else kohya_name(part, path, self.family)
+                out.setdefault(part, {})[written] = module
         return out
 
 def from_tensors(tensors: dict, name: str, base):
@@ -65,6 +71,12 @@ def from_tensors(tensors: dict, name: str, base):
     if on_input:
         tensors = {k: v for k, v in tensors.items() if k != key}
     module = lm.modules_from_state(tensors, name, base)
+    alpha = tensors.get(f"{name}.alpha")
+    if module is not None and alpha is not None and isinstance(getattr(module, "alpha", None), torch.Tensor):
+        # the file's alpha as written: LyCORIS's reader sets none where it has no effect (LoKr with
+        # both factors whole), and a continued file should not change it
+        with torch.no_grad():
+            module.alpha.copy_(alpha.to(module.alpha.dtype))
     if module is not None and on_input:  # the attributes LyCORIS's weight_decompose reads
         module.wd, module.wd_on_out = True, False
         module.dora_norm_dims = base.weight.dim() - 1

@@ -93,7 +93,8 @@ def network_kind(meta: dict, tensors: dict | None = None) -> str:
 def describe(summary: dict) -> str:
     """One short human-readable paragraph for the CLI and the node's info output."""
     tags = ", ".join(f"{t} ({c})" for t, c in summary["top_tags"]) or "none recorded"
-    fields = [f"family {summary['family'] or 'unknown'}", summary.get("network") or "LoRA", f"rank {summary['rank'] or '?'}",
+    fields = [f"family {summary['family'] or 'unknown'}", summary.get("network") or "LoRA",
+              f"rank {summary['rank'] or '?'}",
               f"alpha {summary['alpha'] if summary['alpha'] is not None else '?'}",
               f"steps {summary['steps'] if summary['steps'] is not None else '?'}"]
     trigger = summary["trigger_words"] or "none"

@@ -32,7 +32,8 @@ class NetworkWeights:
 
         tensors = read_lora_file(path, family, unet_config)
         if is_lycoris(tensors):
-            kinds = sorted({k.rsplit(".", 1)[-1].split("_")[0] for k in tensors if not k.endswith((".alpha", "weight"))})
+            kinds = sorted({k.rsplit(".", 1)[-1].split("_")[0] for k in tensors
+                            if not k.endswith((".alpha", "weight"))})
             raise TrainerError(f"network_weights: {Path(path).name} is a LyCORIS file ({', '.join(kinds)} parts): "
                                "continue it with network_module = \"lycoris.kohya\" and network_args algo= (and "
                                "dora_wd=True) as it was trained, or network = LoHa / LoKr / DoRA / OFT.")
