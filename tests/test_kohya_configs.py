@@ -25,9 +25,8 @@ FILES = sorted(p.name for p in CONFIGS.iterdir() if p.suffix in (".toml", ".json
 
 # where kohya stops too (its own message in the comment), and what we say
 STOPS = {
-    # needs the LyCORIS package in kohya ("No module named 'lycoris'" without it); here: not built yet
-    "sd15_easylora_lycoris.toml": "lycoris.kohya",
-    "gui_sd15_loha_lycoris.json": "lycoris.kohya",
+    # train_network: "bucket_reso_steps is 1. it must be divisible by 64" (the GUI preset's value)
+    "gui_sd15_loha_lycoris.json": "bucket_reso_steps",
     # sdxl_train_network: "when caching Text Encoder output, either caption_dropout_rate, shuffle_caption,
     # token_warmup_step or caption_tag_dropout_rate cannot be used"
     "sdxl_spiderverse.toml": "shuffle_caption",
@@ -88,6 +87,7 @@ def test_published_config_trains_or_stops_as_kohya(name, tiny_models, star_datas
     assert result.steps == 1
     with safe_open(str(files["lora"]), "pt") as f:  # the config's own network went into the file
         ranks = {f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith("lora_down.weight")}
+        assert f.metadata()["ss_network_module"] == config.network_module
     assert config.network_dim in ranks
     conv_dim = next((int(a.split("=")[1]) for a in config.network_args if a.startswith("conv_dim=")), 0)
     assert not conv_dim or conv_dim in ranks
