@@ -228,7 +228,7 @@ def test_metadata_is_read_and_summarised(tmp_path, capsys):
     assert (summary["family"], summary["rank"], summary["alpha"], summary["steps"]) == ("sdxl", 8, 4.0, 500)
     assert summary["trigger_words"] == "ltdemo"
     assert summary["top_tags"][0] == ("ltdemo", 40) and len(summary["top_tags"]) == 10
-    assert describe_file(src).startswith("family sdxl, rank 8, alpha 4.0, steps 500; trigger words: ltdemo")
+    assert describe_file(src).startswith("family sdxl, LoRA, rank 8, alpha 4.0, steps 500; trigger words: ltdemo")
     assert main(["convert", str(src), str(tmp_path / "out.safetensors")]) == 0  # family auto: width 2048 = SDXL
     printed = capsys.readouterr().out
     assert "kohya -> kohya (1 modules)" in printed and "trigger words: ltdemo" in printed and "ltdemo (40)" in printed

@@ -388,7 +388,7 @@ def test_smart_crop_source_size_and_offset_reach_the_time_ids(tiny_models, tmp_p
 
 
 def test_unknown_network_module_is_refused_naming_the_known_ones(tmp_path):
-    config = config_for(tmp_path / "no-model", tmp_path / "no-data", tmp_path, network_module="lycoris.kohya")
-    with pytest.raises(TrainerError, match='network_module "lycoris.kohya".*"networks.lora"'):
+    config = config_for(tmp_path / "no-model", tmp_path / "no-data", tmp_path, network_module="networks.oft")
+    with pytest.raises(TrainerError, match='network_module "networks.oft".*"networks.lora", "lycoris.kohya"'):
         train(config)  # refused before the (missing) data or model is touched
     assert not list(tmp_path.iterdir())
