@@ -15,8 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 # The libraries whose releases have broken us before: the header names them, so the next break
 # names the library that moved.
-VERSIONED = ("torch", "diffusers", "peft", "lycoris-lora", "transformers", "accelerate", "safetensors", "bitsandbytes",
-             "onnxruntime", "opencv-python-headless", "numpy", "pillow")
+VERSIONED = ("torch", "diffusers", "peft", "lycoris-lora", "transformers", "accelerate", "safetensors",
+             "bitsandbytes", "onnxruntime", "opencv-python-headless", "numpy", "pillow")
 
 
 def pytest_sessionstart(session):
