@@ -134,6 +134,13 @@ def test_continue_training_takes_the_file_and_the_same_algorithm_only(tiny_model
     other = "LoKr" if network == "LoHa" else "LoHa"
     with pytest.raises(TrainerError, match=f"holds {network.lower()} modules, this run trains {other.lower()}"):
         train(config_for(model, star_dataset, tmp_path / "c", network=other, network_weights=str(path)))
+    with pytest.raises(TrainerError, match="does not have the shapes .* dim_from_weights"):
+        train(config_for(model, star_dataset, tmp_path / "e", network=network, network_weights=str(path),
+                         network_dim=8, network_alpha=4))
+    taken = train(config_for(model, star_dataset, tmp_path / "f", network=network, network_weights=str(path),
+                             network_dim=8, network_alpha=4, dim_from_weights=True, learning_rate=1e-12,
+                             max_train_steps=1))
+    assert {k: v.shape for k, v in taken.lora.tensors.items()} == {k: v.shape for k, v in saved.items()}
     with pytest.raises(TrainerError, match='is a LyCORIS file .*lycoris.kohya'):
         train(config_for(model, star_dataset, tmp_path / "d", network_weights=str(path)))
 

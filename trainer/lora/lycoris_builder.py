@@ -60,8 +60,11 @@ def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
             for path, (rank, alpha) in (targets.get(component) or {}).items():
                 name = unet_file_name(path, family.name, unet.config) if component == "unet" \
                     else kohya_name(component, path, family.name)
-                if name not in made:
-                    made[name] = lm.new_module(spec, name, root.get_submodule(path), rank, alpha)
+                fresh = lm.new_module(spec, name, root.get_submodule(path), rank, alpha)
+                if name in made:  # as kohya loads a file into the network it built: same shapes
+                    _same_shapes(made[name], fresh, name, start.path)
+                else:
+                    made[name] = fresh
         counts[component] = len(made)
         if not made:
             continue
@@ -108,6 +111,14 @@ def comfyui_notes(spec) -> list[str]:
         notes.append("note: LoKr with use_tucker writes lokr_t2 for the 3x3 convs, which ComfyUI fails to apply "
                      "(it logs an error and skips those modules); drop use_tucker for files ComfyUI applies fully.")
     return notes
+
+
+def _same_shapes(loaded, fresh, name: str, path) -> None:
+    shapes = lambda module: {k: tuple(v.shape) for k, v in module.state_dict().items()}  # noqa: E731
+    if shapes(loaded) != shapes(fresh):
+        raise TrainerError(f"network_weights: module {name} in {Path(path).name} does not have the shapes this "
+                           "network gives it (another dim, factor or preset): set dim_from_weights = true to take "
+                           "the file's, or the network_dim / network_args it was trained with.")
 
 
 def _enables_conv(spec) -> bool:
