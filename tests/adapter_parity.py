@@ -56,14 +56,14 @@ class ModuleDelta:
 def base_layer(model, name: str, family: str):
     """(component, module) our file's module ``name`` adapts in the trained ``model``."""
     from trainer.lora.formats import KOHYA, _resolve
-    from trainer.lora.network_weights import _actual_path
+    from trainer.lora.names import module_path
 
     found = _resolve(name, KOHYA, family, model.unet.config)
     if found is None:
         raise AssertionError(f"{name}: no module of the {family} model has this name")
     component, path = found
     root = getattr(model.pipe, component)
-    return component, root.get_submodule(_actual_path(root, path))
+    return component, root.get_submodule(module_path(root, path))
 
 
 def _functional(layer, x, weight):

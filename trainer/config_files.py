@@ -14,16 +14,12 @@ from .config import TrainConfig
 from .errors import TrainerError
 from .kohya_gui import gui_to_kohya, is_gui_config, read_gui_json
 from .kohya_options import epochs_over_steps
+from .settings_file import read_settings
 
 
 def config_from_toml(path) -> TrainConfig:
     path = Path(path)
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainerError(f"Config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise TrainerError(f"{path} is not valid TOML: {err}") from None
+    values = read_settings(path, tomllib.loads, (tomllib.TOMLDecodeError,), "TOML")
     values = epochs_over_steps(values, str(path))
     return TrainConfig.from_dict(kohya_text_encoder_default(_paths_beside(values, path.parent)), source=str(path),
                                  base_dir=path.parent)

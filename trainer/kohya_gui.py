@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrainerError
+from .settings_file import read_settings
 
 # LoRA_type -> network_module (lora_gui.train_model); LyCORIS types also give the algo
 KOHYA_TYPES = {"Standard": "networks.lora", "Kohya LoCon": "networks.lora", "Kohya DyLoRA": "networks.dylora",
@@ -88,12 +89,7 @@ def is_gui_config(values: dict) -> bool:
 
 def read_gui_json(path) -> dict:
     path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainerError(f"Config file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TrainerError(f"{path} is not valid JSON: {err}") from None
+    values = read_settings(path, json.loads, (json.JSONDecodeError, UnicodeDecodeError), "JSON")
     if not isinstance(values, dict):
         raise TrainerError(f"{path}: expected a JSON object of settings (a kohya_ss GUI preset or config).")
     return values

@@ -12,15 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TrainerError
+from .formats import is_lycoris, read_lora_file, to_kohya  # noqa: F401 (read_lora_file: also from here)
 from .metadata import read_raw  # noqa: F401 (also imported from here)
-
-
-def read_lora_file(path, family: str | None = None, unet_config=None, alpha: float | None = None) -> dict:
-    """A LoRA file of any known layout, as tensors in our kohya layout (``family`` guessed if None)."""
-    from .formats import guess_family, to_kohya
-
-    tensors, metadata = read_raw(path)
-    return to_kohya(tensors, family or guess_family(tensors), unet_config, alpha, metadata)
 
 
 def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = None,
@@ -28,14 +21,10 @@ def apply_lora(model, lora, strength: float = 1.0, adapter_name: str | None = No
     """Load ``lora`` (path, tensor dict or TrainedLora, any known layout) into ``model.pipe`` as an
     adapter at ``strength``; other adapters stay loaded but inactive. ``alpha`` is used where the
     file stores none (DiffSynth .ckpt: default 4.0). Returns the adapter name."""
-    from .formats import to_kohya
-
     tensors, metadata = getattr(lora, "tensors", lora), getattr(lora, "metadata", {})
     if isinstance(tensors, (str, Path)):
         adapter_name = adapter_name or Path(tensors).stem
         tensors, metadata = read_raw(tensors)
-    from .formats import is_lycoris
-
     tensors = to_kohya(tensors, model.family.name, model.pipe.unet.config, alpha, metadata)
     adapter_name = adapter_name or f"lora_{len(list_adapters(model))}"
     pipe = model.pipe
@@ -57,10 +46,8 @@ def _apply_lycoris(model, tensors: dict, adapter_name: str) -> None:
     from .lycoris_weights import LycorisWeights
 
     quiet_kernels()
-    pipe = model.pipe
-    roots = {part: getattr(pipe, part) for part in ("unet", "text_encoder", "text_encoder_2")
-             if getattr(pipe, part, None) is not None}
-    weights = LycorisWeights.of(tensors, model.family.name, pipe.unet.config)
+    roots = _roots(model)
+    weights = LycorisWeights.of(tensors, model.family.name, model.pipe.unet.config)
     built = weights.build(roots)
     if not built:
         raise TrainerError(f"This LoRA does not fit the {model.family.label} model: none of its modules is in it.")
@@ -69,16 +56,17 @@ def _apply_lycoris(model, tensors: dict, adapter_name: str) -> None:
         attach(roots[part], adapter_name, modules).to(device=device).requires_grad_(False)
 
 
-def _text_encoders(model) -> list:
-    return [e for e in (getattr(model.pipe, p, None) for p in ("text_encoder", "text_encoder_2")) if e is not None]
+def _roots(model) -> dict:
+    """The pipeline's parts an adapter lives on, by attribute name."""
+    return {part: getattr(model.pipe, part) for part in ("unet", "text_encoder", "text_encoder_2")
+            if getattr(model.pipe, part, None) is not None}
 
 
 def list_adapters(model) -> list[str]:
     from .lycoris_modules import adapters
 
-    unet = model.pipe.unet
-    names = list(getattr(unet, "peft_config", None) or {})
-    for root in [unet] + _text_encoders(model):
+    names = list(getattr(model.pipe.unet, "peft_config", None) or {})
+    for root in _roots(model).values():
         names += [n for n in adapters(root) if n not in names]
     return names
 
@@ -89,7 +77,7 @@ def remove_adapter(model, adapter_name: str) -> None:
 
     if adapter_name in (getattr(model.pipe.unet, "peft_config", None) or {}):
         model.pipe.delete_adapters(adapter_name)
-    for root in [model.pipe.unet] + _text_encoders(model):
+    for root in _roots(model).values():
         detach(root, adapter_name)
 
 
@@ -97,7 +85,7 @@ def set_lora_strength(model, strengths: dict[str, float]) -> None:
     """Activate exactly the adapters in ``strengths`` with those weights."""
     from .lycoris_modules import set_multipliers
 
-    for root in [model.pipe.unet] + _text_encoders(model):
+    for root in _roots(model).values():
         set_multipliers(root, strengths)
     peft = sorted(getattr(model.pipe.unet, "peft_config", None) or {})
     if peft:  # diffusers wants a name it knows: the peft adapters not named stay loaded at weight 0

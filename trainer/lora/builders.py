@@ -6,12 +6,10 @@ one builder here (``lycoris.kohya``: lycoris_builder.py) instead of more lines i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from ..errors import TrainerError
+from .built_network import Network
 from .dropouts import add_dropouts
 from .lycoris_modules import detach as detach_lycoris
 from .kohya_format import fold_alpha, to_kohya_names
@@ -19,16 +17,6 @@ from .names import kohya_name, unet_file_name
 from .network import ADAPTER, add_lora_modules, autocast_lora_inputs, drop_adapter, lora_state_dict
 from .network_weights import NetworkWeights
 from .targets import network_spec, text_encoder_targets, unet_targets
-
-
-@dataclass
-class Network:
-    params: list[torch.Tensor]  # every trainable tensor, UNet's first
-    groups: list[dict]  # optimizer param groups, each with its own lr
-    trainable: dict[str, torch.Tensor]  # the same tensors by name: what a resume state holds
-    text_encoders: list[str]  # pipeline attributes of the text encoders it trains
-    state_dicts: Callable[[], tuple[dict, dict]]  # (kohya-named tensors, diffusers-named, alpha folded)
-    autocast: Callable[[object], object]  # the run's autocast -> the one its layers run under
 
 
 def trained_text_encoders(model, config) -> list[str]:

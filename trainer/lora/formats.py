@@ -21,6 +21,7 @@ import torch
 
 from ..errors import TrainerError
 from . import diffsynth, names
+from .metadata import read_raw
 
 KOHYA, PEFT, COMFY, DIFFSYNTH = "kohya", "peft", "comfy", "diffsynth"
 DIFFSYNTH_DEFAULT_ALPHA = 4.0
@@ -34,16 +35,19 @@ _FULL_DIFFS = (".diff", ".diff_b")  # ComfyUI's trainer: whole-weight deltas of 
 _OLD_DIFFUSERS = re.compile(r"\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$")
 
 
+_LYCORIS_SUFFIXES = tuple("." + part for part in LYCORIS_PARTS)
+
+
 def is_lycoris(tensors: dict) -> bool:
     """A file with LyCORIS parts (LoHa, LoKr, DoRA, OFT, Tucker LoCon) beside or instead of LoRA pairs."""
-    return any(k.endswith(tuple("." + p for p in LYCORIS_PARTS)) for k in tensors)
+    return any(k.endswith(_LYCORIS_SUFFIXES) for k in tensors)
 
 
 def detect_format(tensors: dict) -> str:
     keys = list(tensors)
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         return KOHYA
-    if any(k.startswith(("diffusion_model.", "text_encoders.")) and (".lora_" in k or is_lycoris({k: 0}))
+    if any(k.startswith(("diffusion_model.", "text_encoders.")) and (".lora_" in k or k.endswith(_LYCORIS_SUFFIXES))
            for k in keys):
         return COMFY
     if any(re.match(r"^blocks\.\d+\.", k) and ".lora_" in k for k in keys):
@@ -229,3 +233,9 @@ def to_kohya(tensors: dict, family: str, unet_config=None, alpha: float | None =
     if not out:
         raise TrainerError("This LoRA file holds no LoRA modules.")
     return out
+
+
+def read_lora_file(path, family: str | None = None, unet_config=None, alpha: float | None = None) -> dict:
+    """A LoRA file of any known layout, as tensors in our kohya layout (``family`` guessed if None)."""
+    tensors, metadata = read_raw(path)
+    return to_kohya(tensors, family or guess_family(tensors), unet_config, alpha, metadata)

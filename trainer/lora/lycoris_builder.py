@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import TrainerError
 from . import lycoris_modules as lm
-from .builders import Network
+from .built_network import Network
 from .lycoris_spec import lycoris_spec
 from .lycoris_targets import preset_dict, preset_targets
 from .names import _config_key, _diffusers_to_ldm, kohya_name, unet_file_name
@@ -19,8 +19,8 @@ from .network import ADAPTER, drop_adapter
 UNET_ONLY_CLASSES_SDXL = ("TimestepEmbedding",)  # not in kohya's SDXL UNet (see lycoris_targets)
 
 
-def lycoris_unet_targets(unet, spec, family: str) -> dict[str, tuple[int, float]]:
-    preset = preset_dict(spec.preset)
+def lycoris_unet_targets(unet, spec, family: str, preset: dict | None = None) -> dict[str, tuple[int, float]]:
+    preset = preset or preset_dict(spec.preset)
     name_of, skip = None, ()
     if family == "sdxl":
         ldm = _diffusers_to_ldm(_config_key(unet.config))
@@ -28,8 +28,8 @@ def lycoris_unet_targets(unet, spec, family: str) -> dict[str, tuple[int, float]
     return preset_targets(unet, preset, "unet", spec.dim, spec.alpha, spec.conv_dim, spec.conv_alpha, name_of, skip)
 
 
-def lycoris_text_encoder_targets(encoder, spec) -> dict[str, tuple[int, float]]:
-    return preset_targets(encoder, preset_dict(spec.preset), "text_encoder", spec.dim, spec.alpha,
+def lycoris_text_encoder_targets(encoder, spec, preset: dict | None = None) -> dict[str, tuple[int, float]]:
+    return preset_targets(encoder, preset or preset_dict(spec.preset), "text_encoder", spec.dim, spec.alpha,
                           spec.conv_dim, spec.conv_alpha)
 
 
@@ -48,9 +48,11 @@ def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
         lm.detach(root, ADAPTER)
         root.requires_grad_(False)
     from_file = _from_file(start, roots, spec, log) if start else {}
-    targets = {"unet": {} if config.network_train_text_encoder_only else lycoris_unet_targets(unet, spec, family.name)}
+    preset = preset_dict(spec.preset)  # a preset file is read once
+    targets = {"unet": {} if config.network_train_text_encoder_only
+               else lycoris_unet_targets(unet, spec, family.name, preset)}
     for name in text_encoders:
-        targets[name] = lycoris_text_encoder_targets(roots[name], spec)
+        targets[name] = lycoris_text_encoder_targets(roots[name], spec, preset)
     groups, params, trainable, counts = [], [], {}, {}
     lrs = {"unet": config.unet_lr or config.learning_rate}
     te_lr = config.text_encoder_lr if config.text_encoder_lr is not None else config.learning_rate
@@ -88,7 +90,8 @@ def build_lycoris(model, config, text_encoders: list[str], log=None) -> Network:
         log(f"lycoris.kohya {spec.algo}{' + DoRA' if spec.dora else ''}, preset {spec.preset}: "
             f"{counts.get('unet', 0)} UNet modules, {te_count} text-encoder modules, dim {spec.dim}, "
             f"alpha {spec.alpha:g}"
-            + (f", conv {spec.conv_dim}/{spec.conv_alpha:g}" if spec.conv_dim and _enables_conv(spec) else "")
+            + (f", conv {spec.conv_dim}/{spec.conv_alpha:g}" if spec.conv_dim and preset.get("enable_conv", True)
+               else "")
             + f", {sum(p.numel() for p in params):,} parameters")
         for warning in comfyui_notes(spec):
             log(warning)
@@ -119,10 +122,6 @@ def _same_shapes(loaded, fresh, name: str, path) -> None:
         raise TrainerError(f"network_weights: module {name} in {Path(path).name} does not have the shapes this "
                            "network gives it (another dim, factor or preset): set dim_from_weights = true to take "
                            "the file's, or the network_dim / network_args it was trained with.")
-
-
-def _enables_conv(spec) -> bool:
-    return bool(preset_dict(spec.preset).get("enable_conv", True))
 
 
 def _from_file(start, roots: dict, spec, log) -> dict[str, dict]:

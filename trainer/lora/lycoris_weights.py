@@ -13,58 +13,53 @@ import torch
 
 from ..errors import TrainerError
 from . import lycoris_modules as lm
-from .network_weights import _actual_path
+from .formats import KOHYA, _resolve, read_lora_file
+from .names import kohya_name, module_path, unet_file_name
 
 
 @dataclass
 class LycorisWeights:
     path: str
-    tensors: dict[str, torch.Tensor]  # our kohya names
+    tensors: dict[str, dict[str, torch.Tensor]]  # module name (our kohya names) -> its tensors
     where: dict[str, tuple[str, str]]  # module name -> (component, module path)
     family: str = ""
     unet_config: object = None
 
     @classmethod
-    def read(cls, path, family: str, unet_config, spec=None) -> "LycorisWeights":
-        from .apply import read_lora_file
-
+    def read(cls, path, family: str, unet_config) -> "LycorisWeights":
         if not Path(path).is_file():
             raise TrainerError(f"network_weights: {path} is not a file. Give the LoRA .safetensors to continue from.")
         return cls.of(read_lora_file(path, family, unet_config), family, unet_config, str(path))
 
     @classmethod
     def of(cls, tensors: dict, family: str, unet_config, path: str = "") -> "LycorisWeights":
-        from .formats import KOHYA, _resolve
+        by_module: dict[str, dict] = {}
+        for key, value in tensors.items():
+            by_module.setdefault(key.split(".", 1)[0], {})[key] = value
+        where = {name: found for name in by_module
+                 if (found := _resolve(name, KOHYA, family, unet_config)) is not None}
+        return cls(path, by_module, where, family, unet_config)
 
-        where = {}
-        for key in tensors:
-            name = key.split(".", 1)[0]
-            if name not in where:
-                found = _resolve(name, KOHYA, family, unet_config)
-                if found:
-                    where[name] = found
-        return cls(path, tensors, where, family, unet_config)
-
-    def build(self, roots: dict, component: str | None = None) -> dict[str, dict[str, torch.nn.Module]]:
+    def build(self, roots: dict) -> dict[str, dict[str, torch.nn.Module]]:
         """{component: {module name as we write it (SGM names for SDXL): LyCORIS module on its base
         module in ``roots``}} (the modules of components not in ``roots`` are left out)."""
-        from .names import kohya_name, unet_file_name
-
         out: dict[str, dict] = {}
         for name, (part, path) in self.where.items():
             root = roots.get(part)
-            if root is None or (component and part != component):
+            if root is None:
                 continue
-            module = from_tensors(self.tensors, name, root.get_submodule(_actual_path(root, path)))
+            module = from_tensors(self.tensors[name], name, root.get_submodule(module_path(root, path)))
             if module is not None:
                 written = unet_file_name(path, self.family, self.unet_config) if part == "unet" \
                     else kohya_name(part, path, self.family)
                 out.setdefault(part, {})[written] = module
         return out
 
+
 def from_tensors(tensors: dict, name: str, base):
-    """LyCORIS's reader for module ``name``, plus what it leaves out: a DoRA scale on the input axis
-    (LyCORIS's wd_on_output=False; its reader assumes the output axis)."""
+    """LyCORIS's reader for module ``name`` (``tensors``: its ``name.*`` tensors), plus what it
+    leaves out: a DoRA scale on the input axis (LyCORIS's wd_on_output=False; its reader assumes
+    the output axis)."""
     key = f"{name}.dora_scale"
     scale = tensors.get(key)
     on_input = scale is not None and scale.shape[0] != base.weight.shape[0]

@@ -36,6 +36,13 @@ def kohya_name(component: str, path: str, family: str) -> str:
     return f"{prefix}_{path.replace('.', '_')}"
 
 
+def module_path(root, path: str) -> str:
+    """``path`` as ``root`` names it: transformers >= 5.6 CLIP models lack the ``text_model.`` level."""
+    if path.startswith("text_model.") and not hasattr(root, "text_model"):
+        return path[len("text_model."):]
+    return path
+
+
 def te_path(name_without_prefix: str) -> str | None:
     """``text_model_encoder_layers_3_self_attn_q_proj`` -> ``text_model.encoder.layers.3.self_attn.q_proj``."""
     match = _TE_NAME.match(name_without_prefix)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainerError
+from .names import module_path
 
 
 @dataclass
@@ -23,8 +24,7 @@ class NetworkWeights:
 
     @classmethod
     def read(cls, path, family: str, unet_config) -> "NetworkWeights":
-        from .apply import read_lora_file
-        from .formats import KOHYA, _resolve
+        from .formats import KOHYA, _resolve, read_lora_file
 
         if not Path(path).is_file():
             raise TrainerError(f"network_weights: {path} is not a file. Give the LoRA .safetensors to continue from.")
@@ -49,7 +49,7 @@ class NetworkWeights:
 
     def modules(self, component: str, root) -> dict[str, tuple[int, float]]:
         """{path in ``root``: (rank, alpha)} of ``component``'s modules in the file."""
-        return {_actual_path(root, path): (int(down.shape[0]), alpha)
+        return {module_path(root, path): (int(down.shape[0]), alpha)
                 for path, (down, up, alpha) in self.parts.get(component, {}).items()}
 
     def load_into(self, model, text_encoders: list[str], log=None) -> int:
@@ -84,18 +84,11 @@ class NetworkWeights:
         return loaded
 
 
-def _actual_path(root, path: str) -> str:
-    """``path`` as ``root`` names it: transformers >= 5.6 CLIP models lack the ``text_model.`` level."""
-    if path.startswith("text_model.") and not hasattr(root, "text_model"):
-        return path[len("text_model."):]
-    return path
-
-
 def _lora_layer(root, path: str, adapter: str):
     if root is None:
         return None
     try:
-        layer = root.get_submodule(_actual_path(root, path))
+        layer = root.get_submodule(module_path(root, path))
     except AttributeError:
         return None
     lora_a = getattr(layer, "lora_A", None)
