@@ -6,6 +6,7 @@ LoraModelLoader and LoraSave.
 
 from .dataset import DatasetLoader
 from .lora import LoraSave
+from .lora_apply import LoraApply
 from .model import KolorsSDXLLoader, LoraLoad
 from .prep import AutoTagger, CaptionEditor, DatasetReport, SmartCrop
 from .sample import SamplerPreview
@@ -22,6 +23,7 @@ NODES = {
     "LT_LoraTrain": (LoraTrain, "LoRA Train"),
     "LT_LoraSave": (LoraSave, "LoRA Save"),
     "LT_LoraLoad": (LoraLoad, "LoRA Load"),
+    "LT_LoraApply": (LoraApply, "LoRA Apply"),
     "LT_SamplerPreview": (SamplerPreview, "Sampler preview"),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..trainer.errors import TrainerError
 from ..trainer.lora.network_choice import NETWORKS
 from . import comfy_env
 from .headless import write_headless_run
@@ -78,7 +79,6 @@ class TrainingOptions:
         import tomllib
 
         from ..trainer.config import TrainConfig
-        from ..trainer.errors import TrainerError
 
         try:
             values = tomllib.loads(settings)
@@ -91,26 +91,36 @@ class TrainingOptions:
 
 class LoraTrain:
     CATEGORY = "LoRA Trainer"
-    RETURN_TYPES = ("LT_LORA", "LT_PIPELINE", "IMAGE")
-    RETURN_NAMES = ("lora", "pipeline", "loss_chart")
+    RETURN_TYPES = ("LT_LORA", "LT_PIPELINE", "IMAGE", "LORA_MODEL")
+    RETURN_NAMES = ("lora", "pipeline", "loss_chart", "lora_model")
+    OUTPUT_TOOLTIPS = ("For LoRA Save, LoRA Apply, LoRA Load's pipeline path.", "The model with the LoRA, for Sampler "
+                       "preview.", "The loss per step.", "ComfyUI's LORA_MODEL (kohya keys): for LoRA Apply, core "
+                       "LoraModelLoader and SaveLoRA.")
     FUNCTION = "train"
     OUTPUT_NODE = True
-    DESCRIPTION = "Trains a LoRA; Cancel stops within a step and queueing again resumes."
+    DESCRIPTION = ("Trains a LoRA on a pipeline (Kolors/SDXL Loader) or on the MODEL, CLIP and VAE of "
+                   "CheckpointLoaderSimple, sharing their weights. Cancel stops within a step; queueing again resumes.")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"pipeline": ("LT_PIPELINE", {"tooltip": "From Kolors/SDXL Loader."}),
-                             "dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader."}),
+        return {"required": {"dataset": ("LT_DATASET", {"tooltip": "From Dataset Loader."}),
                              **widgets(MAIN)},
-                "optional": {"options": ("LT_OPTIONS", {"tooltip": "More kohya settings from Training Options."}),
+                "optional": {"pipeline": ("LT_PIPELINE", {"tooltip": "From Kolors/SDXL Loader (Kolors, or any model "
+                                          "you load there). Leave empty when MODEL/CLIP/VAE are connected."}),
+                             "model": ("MODEL", {"tooltip": "SD1.5 or SDXL MODEL from CheckpointLoaderSimple: trained "
+                                       "in place of a pipeline, its weights shared (no second copy) and left as they "
+                                       "were."}),
+                             "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint (with a MODEL)."}),
+                             "vae": ("VAE", {"tooltip": "The VAE of the same checkpoint (with a MODEL)."}),
+                             "options": ("LT_OPTIONS", {"tooltip": "More kohya settings from Training Options."}),
                              "sample_prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
                                                "Optional prompt(s), one per line, sampled every epoch and shown here."}),
                              # last, so workflows saved before it still map their widget values
                              "network": (list(NETWORKS), {"default": "LoRA", "tooltip": NETWORK_TIP})},
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+                "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def train(self, pipeline, dataset, options=None, sample_prompt="", unique_id=None, network="LoRA",
-              **widget_values):
+    def train(self, dataset, pipeline=None, model=None, clip=None, vae=None, options=None, sample_prompt="",
+              unique_id=None, prompt=None, network="LoRA", **widget_values):
         from ..trainer.chart import loss_chart
         from ..trainer.config import TrainConfig
         from ..trainer.names import inside, safe_name
@@ -131,6 +141,7 @@ class LoraTrain:
             values.setdefault("sample_prompts", prompts)
             values.setdefault("sample_every_n_epochs", 1)
         run_dir = inside(comfy_env.output_dir() / "lora_trainer", name)
+        pipeline, model_note = model_for_run(pipeline, model, clip, vae, prompt, unique_id, values)
         values.update(output_dir=str(run_dir), pretrained_model_name_or_path=pipeline.source)
         config = TrainConfig.from_dict(values, source="LoRA Train")
         state = run_dir / f"{name}-state" / "progress.json"
@@ -138,9 +149,10 @@ class LoraTrain:
             config.resume = str(state.parent)
 
         settings = dict(getattr(pipeline, "cli_settings", {}))
-        note = settings.pop("note", "")
+        note = settings.pop("note", model_note)
         _, headless = write_headless_run(config, dataset, run_dir, settings, note)
-        comfy_env.free_comfy_models()
+        if getattr(pipeline, "host", None) is None:  # ComfyUI's own models wait in RAM while ours trains
+            comfy_env.free_comfy_models()
         memory_warning = vram_warning(config, pipeline)
         if memory_warning:
             print(f"warning: {memory_warning}")
@@ -170,7 +182,46 @@ class LoraTrain:
         chart = loss_chart(result.losses)
         text = ([f"warning: {memory_warning}"] if memory_warning else []) + [headless]
         ui = {"images": preview(chart), "text": ["\n\n".join(text)]}
-        return {"ui": ui, "result": (result.lora, result.model, to_image_tensor(chart))}
+        lora_model = {k: v.detach() for k, v in result.lora.tensors.items()} if result.lora else {}
+        return {"ui": ui, "result": (result.lora, result.model, to_image_tensor(chart), lora_model)}
+
+
+def model_for_run(pipeline, model, clip, vae, prompt, unique_id, values: dict):
+    """The LT_PIPELINE to train: the connected pipeline, or one over ComfyUI's MODEL/CLIP/VAE
+    (comfy_models.py). Returns it with a note for the headless command when the CLI cannot load
+    the same model by itself."""
+    from .comfy_models import hosted_pipeline, prediction_of
+
+    if (pipeline is None) == (model is None):
+        raise TrainerError("LoRA Train needs exactly one model: connect either a pipeline (Kolors/SDXL Loader) or "
+                           "the MODEL, CLIP and VAE of CheckpointLoaderSimple.")
+    if pipeline is not None:
+        return pipeline, ""
+    checkpoint = checkpoint_file(prompt, unique_id)
+    source = str(checkpoint) if checkpoint else "ComfyUI MODEL"
+    if prediction_of(model) == "V_PREDICTION" and "v_parameterization" not in values:
+        values["v_parameterization"] = True  # ComfyUI knows it from the checkpoint
+        print("note: the MODEL is a v-prediction model: training with v_parameterization = true")
+    hosted = hosted_pipeline(model, clip, vae, source)
+    from .model import comfy_tokenizer_dir
+
+    hosted.cli_settings = {"model_family": hosted.family.name, "tokenizer_dir": str(comfy_tokenizer_dir() or "")}
+    note = "" if checkpoint else ("The MODEL did not come straight from CheckpointLoaderSimple: set "
+                                  "pretrained_model_name_or_path in the .toml to its checkpoint file.")
+    return hosted, note
+
+
+def checkpoint_file(prompt, unique_id):
+    """The checkpoint behind LoRA Train's ``model`` input when it links straight to a core
+    CheckpointLoaderSimple in the queued prompt (for the headless command and ss_sd_model_name)."""
+    node = (prompt or {}).get(str(unique_id), {})
+    link = node.get("inputs", {}).get("model")
+    if not isinstance(link, list):
+        return None
+    source = prompt.get(str(link[0]), {})
+    if source.get("class_type") not in ("CheckpointLoaderSimple", "CheckpointLoader"):
+        return None
+    return comfy_env.full_path("checkpoints", str(source.get("inputs", {}).get("ckpt_name", "")))
 
 
 def vram_warning(config, pipeline) -> str | None:

@@ -25,6 +25,7 @@ class LoadedModel:
     source: str
     dtype: torch.dtype
     offload: bool = False  # move to the CPU between uses (the nodes honour it)
+    host: object = None  # a HostBinding when the weights belong to another program (host_weights.py)
 
     @property
     def unet(self):
@@ -39,7 +40,8 @@ class LoadedModel:
                 if m is not None]
 
     def to(self, device) -> "LoadedModel":
-        self.pipe.to(device)
+        if self.host is None:  # a host's weights stay where the host keeps them
+            self.pipe.to(device)
         return self
 
 

@@ -116,7 +116,8 @@ def _checked_root(family, root: Path) -> Path:
     return root
 
 
-def _tokenizers(family, tokenizer_dir, config_root: Path) -> dict:
+def tokenizers_for(family, tokenizer_dir, config_root: Path) -> dict:
+    """The CLIP tokenizer(s) of ``family`` from ``tokenizer_dir`` (or ``config_root``'s tokenizer folders)."""
     sdxl = family.name == "sdxl"
     try:
         toks = {"tokenizer": load_clip_tokenizer(config_root, "tokenizer", tokenizer_dir)}
@@ -182,7 +183,7 @@ def load_single_file(path, family: str = "auto", dtype=torch.float32, tokenizer_
             raise TrainerError(f"{path} is not a complete {fam.label} checkpoint: it has no {part} tensors "
                                f"({prefix}*). Pick a full checkpoint (UNet + VAE + text encoders).")
     with _config_root(fam, config_dir, metadata) as root:
-        parts = _tokenizers(fam, tokenizer_dir, root)
+        parts = tokenizers_for(fam, tokenizer_dir, root)
         try:
             with _quiet_dtype_note():
                 parts.update(_load_weights(path, keys, prefixes, root, dtype))

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import TrainerError
+
 FP8 = torch.float8_e4m3fn
 # module paths that keep their dtype: norms, the LoRA's own layers, and per part below
 _SKIP = ("norm", "lora_")
@@ -37,6 +39,10 @@ def store_base_in_fp8(model, config, compute_dtype: torch.dtype, log: Callable[[
     is loaded: reload it to train or sample without."""
     if not (config.fp8_base or config.fp8_base_unet):
         return {}
+    if getattr(model, "host", None) is not None:
+        raise TrainerError("fp8_base / fp8_base_unet would round the weights ComfyUI holds for every other node: "
+                           "turn it off, or set CheckpointLoaderSimple's weight_dtype (Load Diffusion Model) to fp8 "
+                           "instead.")
     parts = [("unet", model.unet)]
     if not config.fp8_base_unet:  # kohya: fp8_base_unet keeps the text encoders in the weight dtype
         parts += [(name, getattr(model.pipe, name, None)) for name in model.family.text_parts
