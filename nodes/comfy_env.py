@@ -13,10 +13,11 @@ from pathlib import Path, PureWindowsPath
 
 try:  # inside ComfyUI
     import comfy.model_management as model_management
+    import comfy.sd as comfy_sd
     import comfy.utils as comfy_utils
     import folder_paths
 except ImportError:  # plain Python: tests, scripts
-    folder_paths = comfy_utils = model_management = None
+    folder_paths = comfy_utils = model_management = comfy_sd = None
 
 IN_COMFY = folder_paths is not None
 
@@ -158,11 +159,18 @@ def device():
 @contextlib.contextmanager
 def on_device(pipeline):
     """The pipeline on the compute device inside the block; back to the CPU after it when the
-    loader's offload option asks for that."""
+    loader's offload option asks for that. A pipeline over ComfyUI's own MODEL/CLIP/VAE
+    (comfy_models.py) is pointed at their weights as ComfyUI holds them now and let go after, so
+    it never pins a copy ComfyUI has moved away."""
+    host = getattr(pipeline, "host", None)
+    if host is not None:
+        host.bind()
     pipeline.to(device())
     try:
         yield pipeline
     finally:
+        if host is not None:
+            host.unbind()
         if getattr(pipeline, "offload", False):
             pipeline.to("cpu")
             release_memory()
@@ -196,3 +204,12 @@ def release_memory() -> None:
     gc.collect()
     if IN_COMFY:
         model_management.soft_empty_cache()
+
+
+def load_for_training(patchers) -> None:
+    """ComfyUI restores every model it has patched (a LoRA applied for sampling) and loads
+    ``patchers`` whole on the compute device, unpatched, for a node that uses their weights."""
+    if model_management is None:
+        return
+    model_management.unload_all_models()
+    model_management.load_models_gpu(list(patchers), force_full_load=True)
