@@ -178,7 +178,11 @@ class LoraTrain:
         with comfy_env.on_device(pipeline):
             result = train(config, model=pipeline, dataset=dataset, callbacks=callbacks)
         comfy_env.release_memory()
-        comfy_env.raise_if_interrupted()  # Cancel: state is saved, queueing again resumes
+        if comfy_env.interrupted():  # Cancel: state is saved, queueing again resumes
+            from ..trainer.train.failure import leave_as_given
+
+            leave_as_given(result.model)  # the cached pipeline carries no half-trained LoRA
+        comfy_env.raise_if_interrupted()
         chart = loss_chart(result.losses)
         text = ([f"warning: {memory_warning}"] if memory_warning else []) + [headless]
         ui = {"images": preview(chart), "text": ["\n\n".join(text)]}

@@ -64,9 +64,12 @@ def test_train_then_generate_graph_runs_under_inference_mode(pack, comfy_dirs):
     out = run_graph(pack, graph())
     saved = comfy_dirs / "models" / "loras" / "stars.safetensors"
     assert out["5"][0] == str(saved) and saved.is_file()  # "../" never leaves models/loras
-    lora, trained_pipe, chart = out["4"]
+    lora, trained_pipe, chart, lora_model = out["4"]
     assert chart.shape == (1, 360, 640, 3) and 0 <= float(chart.min()) and float(chart.max()) <= 1
     assert lora.metadata["ss_steps"] == "10"  # 4 images x 10 repeats (kohya folder) / batch 4
+    # ComfyUI's LORA_MODEL: the same kohya-named tensors, as LoraModelLoader / SaveLoRA take them
+    assert set(lora_model) == set(lora.tensors) and all(k.startswith("lora_unet_") for k in lora_model)
+    assert all(torch.equal(lora_model[k], lora.tensors[k]) for k in lora_model)
     image = out["6"][0]
     assert image.shape == (1, 64, 64, 3)
     # a second graph: fresh loader + LoRA Load of the saved file gives the same picture

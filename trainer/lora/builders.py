@@ -78,6 +78,13 @@ def build_lora(model, config, text_encoders: list[str], log=None) -> Network:
                    lambda autocast: autocast_lora_inputs(autocast, unet))
 
 
+def remove_network(model) -> None:
+    """Take the run's network (peft or LyCORIS) off the model's UNet and text encoders."""
+    for module in (model.unet, *model.text_encoders()):
+        detach_lycoris(module, ADAPTER)
+        drop_adapter(module, ADAPTER)
+
+
 def lr_groups(module, params: list, lr: float, loraplus: float | None) -> list[dict]:
     """One optimizer group at ``lr``; with LoRA+ the up weights (lora_B) get their own at lr x ratio."""
     if not loraplus:

@@ -26,6 +26,7 @@ from .bucketing import run_batches
 from .devices import encoders_on, restore_encoders
 from .distributed import Distributed
 from .evaluate import dataset_loss
+from .failure import as_given_if_failed
 from .host_memory import reuse_freed_memory
 from .micro_batch import draw_micro_batch
 from .optim import evaluation_weights, finish_training, start_training
@@ -51,7 +52,7 @@ def train(config: TrainConfig, model: LoadedModel | None = None, dataset: Datase
 
     ``dist``: this process's place in a multi-process run (distributed.from_environment()); only
     rank 0 calls the callbacks and writes files."""
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), as_given_if_failed(model):
         setup = prepare_run(config, model, dataset, callbacks, device, dist or Distributed())
         return StepLoop(setup).run()
 
