@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from graph_runner import validate_input
-from workflow_format import CORE_OUTPUT_NODES, is_widget, ui_to_api
+from workflow_format import is_widget, ui_to_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 REQUIRED = {"kolors_example.json", "kolors_lora_example.json", "kolors_train_then_generate.json",
@@ -26,23 +26,22 @@ def test_workflow_matches_the_nodes(pack, path):
     assert {"nodes", "links", "version", "last_node_id", "last_link_id"} <= set(workflow)
     notes = [n for n in workflow["nodes"] if n["type"] == "Note"]
     assert notes and "models/" in notes[0]["widgets_values"][0]  # says which files go where
-    mappings = pack.nodes.NODE_CLASS_MAPPINGS
-    api = ui_to_api(workflow, mappings)
+    from graph_runner import link_fits, node_class
+
+    api = ui_to_api(workflow, pack.nodes.NODE_CLASS_MAPPINGS)
     for node_id, node in api.items():
-        if node["class_type"] in CORE_OUTPUT_NODES:
-            continue
-        cls = mappings[node["class_type"]]
+        cls = node_class(pack, node["class_type"])  # the pack's, or ComfyUI core's (comfy_core.py)
         types = cls.INPUT_TYPES()
         specs = {**types["required"], **types.get("optional", {})}
         assert set(types["required"]) <= set(node["inputs"]), node["class_type"]
         for name, value in node["inputs"].items():
             spec = specs[name]
             if isinstance(value, list):
-                source = api[value[0]]["class_type"]
-                assert mappings[source].RETURN_TYPES[value[1]] == spec[0], (node["class_type"], name)
+                source = node_class(pack, api[value[0]]["class_type"])
+                assert link_fits(source.RETURN_TYPES[value[1]], spec[0]), (node["class_type"], name)
             elif is_widget(spec) and not isinstance(spec[0], list):
                 validate_input(cls, name, spec, value)
-            elif isinstance(spec[0], list) and name not in ("model", "tagger", "lora_name"):
+            elif isinstance(spec[0], list) and name not in ("model", "tagger", "lora_name", "ckpt_name"):
                 assert value in spec[0], (node["class_type"], name, value)  # file lists depend on the user
 
 
@@ -63,6 +62,7 @@ def user_dirs(pack, tmp_path, monkeypatch, tiny_models, star_dataset):
         write_tiny_checkpoint(family, models / "checkpoints" / f"{name}.safetensors")
     comfy_tokenizer = write_comfyui_sd1_tokenizer(tmp_path / "comfy" / "sd1_tokenizer")
     monkeypatch.setattr(pack.nodes.model, "comfy_tokenizer_dir", lambda: str(comfy_tokenizer))
+    monkeypatch.setenv("LT_COMFY_TOKENIZER_DIR", str(comfy_tokenizer))  # core CheckpointLoaderSimple's (comfy_core.py)
     shutil.copytree(star_dataset, tmp_path / "input" / "lora_dataset")
     sys.path.insert(0, str(ROOT / "tests"))
     from test_tagger_wd14 import TAGS, StandIn
@@ -85,6 +85,12 @@ def shrink(api: dict, model: str, lora_file: str | None) -> dict:
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "LT_KolorsSDXLLoader":
             inputs.update(model=model, dtype="fp32")
+        elif kind == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = model
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "KSampler":
+            inputs["steps"] = 3
         elif kind == "LT_AutoTagger":
             inputs["tagger"] = "wd14/standin"
         elif kind == "LT_LoraLoad" and lora_file:
@@ -98,16 +104,14 @@ def shrink(api: dict, model: str, lora_file: str | None) -> dict:
             inputs.update(width=64, height=64, steps=3)
         elif kind == "LT_DatasetReport":
             inputs.update(resolution=64)
-    return {k: v for k, v in api.items() if v["class_type"] not in CORE_OUTPUT_NODES}
+    return api
 
 
 @pytest.mark.parametrize("name,model", [("kolors_example.json", "diffusers/Kolors"),
                                         ("kolors_lora_example.json", "diffusers/Kolors"),
                                         ("kolors_train_then_generate.json", "diffusers/Kolors"),
-                                        ("sdxl_train_then_generate.json", "checkpoints/TinySDXL.safetensors"),
-                                        ("sd15_train_then_generate.json", "checkpoints/TinySD15.safetensors"),
-                                        ("sdxl_train_then_generate.json", "diffusers/TinySDXL"),
-                                        ("sd15_train_then_generate.json", "diffusers/TinySD15"),
+                                        ("sdxl_train_then_generate.json", "TinySDXL.safetensors"),
+                                        ("sd15_train_then_generate.json", "TinySD15.safetensors"),
                                         ("dataset_prep.json", "diffusers/Kolors")])
 def test_workflow_runs_on_tiny_models(pack, user_dirs, name, model):
     from graph_runner import run_graph
@@ -123,5 +127,18 @@ def test_workflow_runs_on_tiny_models(pack, user_dirs, name, model):
         torch.save({"state_dict": state, "epoch": 0, "global_step": 500}, user_dirs / "models" / "loras" / lora)
     workflow = json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
     api = shrink(ui_to_api(workflow, pack.nodes.NODE_CLASS_MAPPINGS), model, lora)
-    outputs = run_graph(pack, api)
+    ui = {}
+    outputs = run_graph(pack, api, ui=ui)
     assert outputs
+    if any(node["class_type"] == "CheckpointLoaderSimple" for node in api.values()):
+        # strength 0 beside strength 1, same seed, in one picture: the LoRA visibly changes it
+        from PIL import Image
+
+        saved = [image for node_id, out in ui.items() if api[node_id]["class_type"] == "SaveImage"
+                 for image in out["images"]]
+        assert len(saved) == 1
+        picture = Image.open(user_dirs / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+        assert picture.size == (128, 64)
+        left, right = (torch.tensor(list(picture.crop(box).getdata()), dtype=torch.float32)
+                       for box in ((0, 0, 64, 64), (64, 0, 128, 64)))
+        assert (left - right).abs().mean() > 0.05  # measured 0.15 (SD1.5) and 0.21 (SDXL) on the tiny models

@@ -1,5 +1,7 @@
 """ComfyUI's UI workflow format -> API format, by the nodes' own INPUT_TYPES (widget order), as
-the frontend does when it queues a graph."""
+the frontend does when it queues a graph. Core node types come from the stand-ins' INPUT_TYPES
+(comfy_core.py, ComfyUI's own names and order), so a workflow with CheckpointLoaderSimple, KSampler
+(whose seed carries the frontend's control_after_generate value after it) ... converts too."""
 
 CORE_OUTPUT_NODES = {"PreviewImage": ["filename_prefix"], "SaveImage": ["filename_prefix"]}
 NOTE_NODES = {"Note", "MarkdownNote"}
@@ -10,13 +12,19 @@ def is_widget(spec) -> bool:
 
 
 def widget_names(cls) -> list[str]:
-    """Widget names in the order of widgets_values, including the frontend's seed control value."""
+    """Widget names in the order of widgets_values, including the frontend's control value after a
+    seed (frontend 1.27: ``control_after_generate`` in the options, else INT inputs named seed /
+    noise_seed get one); forceInput inputs are sockets, not widgets."""
     types = cls.INPUT_TYPES()
     names = []
     for name, spec in {**types.get("required", {}), **types.get("optional", {})}.items():
-        if is_widget(spec):
+        opts = spec[1] if len(spec) > 1 else {}
+        if is_widget(spec) and not opts.get("forceInput"):
             names.append(name)
-            if name == "seed" and spec[0] == "INT" and spec[1].get("control_after_generate", True) is not False:
+            control = opts.get("control_after_generate")
+            if control is None:
+                control = spec[0] == "INT" and name in ("seed", "noise_seed")
+            if control:
                 names.append("<control_after_generate>")
     return names
 
@@ -36,8 +44,14 @@ def ui_to_api(workflow: dict, mappings: dict) -> dict:
                 inputs[entry["name"]] = [str(link[1]), link[2]]
         if kind in mappings:
             names = widget_names(mappings[kind])
-        else:
+        elif kind in CORE_OUTPUT_NODES:
             names = CORE_OUTPUT_NODES[kind][: len(node.get("widgets_values", []))]
+        else:
+            from comfy_core import CORE_NODES
+
+            if kind not in CORE_NODES:
+                raise KeyError(f"node type '{kind}' is neither the pack's nor a core stand-in")
+            names = widget_names(CORE_NODES[kind])
         values = node.get("widgets_values", [])
         assert len(values) == len(names), f"{kind}: {len(values)} widget values for widgets {names}"
         for name, value in zip(names, values):
