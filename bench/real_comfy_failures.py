@@ -51,8 +51,12 @@ def base_nodes(checkpoint: str) -> dict:
 
 
 def train_nodes(checkpoint: str, folder: str = DATASET, settings: str = "", name: str = "lt_bench_failures") -> dict:
+    """Train, then sample with the LoRA. Without the base KSampler branch: ComfyUI keeps only the
+    outputs of the last prompt's nodes, so the base KSampler runs again afterwards (on the same,
+    cached MODEL) instead of answering from the cache."""
+    base = {k: v for k, v in base_nodes(checkpoint).items() if k not in ("14", "15", "16")}
     return {
-        **base_nodes(checkpoint),
+        **base,
         "2": {"class_type": "LT_DatasetLoader", "inputs": {"folder": folder, "repeats": 1, "trigger_word": "ltdemo",
                                                             "caption_extension": ".txt"}},
         "3": {"class_type": "LT_TrainingOptions", "inputs": {"settings": settings + "max_train_steps = 2\n"}},
@@ -105,6 +109,11 @@ def prepare_failures(comfy: Path) -> None:
     (broken / "unet" / "config.json").unlink()
 
 
+def cached_nodes(result: dict) -> set:
+    return {n for kind, data in result["history"].get("status", {}).get("messages", []) if kind == "execution_cached"
+            for n in data.get("nodes", [])}
+
+
 async def alive(session, url: str) -> bool:
     async with session.get(f"{url}/system_stats") as r:
         return r.status == 200
@@ -119,8 +128,7 @@ async def check(comfy: Path, url: str, checkpoint: str) -> list:
         line(base["status"] == "success" and before, f"base image: {base['status']} in {base['seconds']:.1f} s, "
              f"pixels {before} {base['error']}", failures)
         cases = [("NaN loss (unet_lr = 1e30)", train_nodes(checkpoint, settings="unet_lr = 1e30\n"), "Loss became"),
-                 ("empty dataset folder", train_nodes(checkpoint, folder=EMPTY), "LT_DatasetLoader"),
-                 ("model folder without unet/config.json", broken_loader_nodes(), "config.json")]
+                 ("empty dataset folder", train_nodes(checkpoint, folder=EMPTY), "LT_DatasetLoader")]
         for what, graph, expect in cases:
             result = await server.queue(graph)
             message = result["error"]
@@ -129,13 +137,19 @@ async def check(comfy: Path, url: str, checkpoint: str) -> list:
                  f"{what}: prompt ended '{result['status']}', message: {message!r}; server answers", failures)
         again = await server.queue(base_nodes(checkpoint))
         after = image_digest(comfy, again, "16")
-        line(after == before, f"base image after the failures: {after} (before {before}): "
+        rerun = "14" not in cached_nodes(again)
+        line(after == before and rerun, f"base image after the failures (KSampler {'re-run' if rerun else 'CACHED'} on "
+             f"the same loaded MODEL): {after} (before {before}): "
              f"{'bit-identical' if after == before else 'DIFFERENT'}", failures)
         fixed = await server.queue(train_nodes(checkpoint))
         lora = image_digest(comfy, fixed, "23")
         line(fixed["status"] == "success" and lora and lora != before,
              f"fixed graph queued again (no restart): {fixed['status']} in {fixed['seconds']:.1f} s, LoRA image {lora} "
              f"{fixed['error']}", failures)
+        broken = await server.queue(broken_loader_nodes())  # last: its prompt has no CheckpointLoaderSimple
+        line(broken["status"] == "error" and "config.json" in broken["error"] and "\n" not in broken["error"]
+             and await alive(session, url), f"model folder without unet/config.json: prompt ended "
+             f"'{broken['status']}', message: {broken['error']!r}; server answers", failures)
     return failures
 
 
