@@ -1,7 +1,7 @@
 """The bundled SD1.5 / SDXL train-then-generate workflows in a real ComfyUI on CPU (not CI).
 
     python bench/real_comfy_core_graphs.py --url http://127.0.0.1:8188 [WORKFLOW.json ...]
-    python bench/real_comfy_core_graphs.py --comfy COMFYUI_DIR [--python PY] [--port 8231] [--server-arg=...]
+    python bench/real_comfy_core_graphs.py --comfy COMFYUI_DIR [--python PY] [--port N] [--server-arg=...]
     python bench/real_comfy_core_graphs.py --rss --comfy COMFYUI_DIR [--python PY] [--checkpoint NAME]
 
 Nothing is fetched: COMFYUI_DIR is a ComfyUI checkout (v0.3.64 era) with this pack in custom_nodes/,
@@ -37,6 +37,7 @@ import io
 import json
 import math
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -60,13 +61,17 @@ GB = 1e9
 class Server:
     """A ComfyUI server started here (stopped on exit), or one already running at ``url``."""
 
-    def __init__(self, url=None, comfy=None, python=None, port=8231, extra=()):
+    def __init__(self, url=None, comfy=None, python=None, port=None, extra=()):
         self.url, self.comfy, self.python, self.port, self.extra = url, comfy, python, port, list(extra)
         self.proc = self.log = None
 
     def __enter__(self):
         if self.url:
             return self
+        if not self.port:  # a free one: another run (or ComfyUI) may hold the usual ports
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.mkdtemp(prefix="lt_core_")) / "server.log"
         cmd = [self.python or sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -501,7 +506,7 @@ def main():
     ap.add_argument("--url", help="a running ComfyUI with this pack (else --comfy starts one)")
     ap.add_argument("--comfy", help="the ComfyUI checkout to start (main.py there)")
     ap.add_argument("--python", help="its Python (default: this one)")
-    ap.add_argument("--port", type=int, default=8231)
+    ap.add_argument("--port", type=int, help="--comfy: the port to start it on (default: a free one)")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="passed to main.py, e.g. --server-arg=--base-directory=DIR")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
