@@ -175,3 +175,29 @@ def test_a_model_with_a_lora_already_applied_is_refused(pack, comfy_dirs):
     with pytest.raises(TrainerError, match="CheckpointLoaderSimple directly"):
         run_graph(pack, graph)
 
+
+
+def test_the_pipeline_follows_comfyui_moving_its_weights(pack, comfy_dirs):
+    """ComfyUI may offload and reload a model between nodes (new tensors). Binding lets go of the old
+    ones before it asks ComfyUI for the model (so both never live at once) and points at the new."""
+    from lt_pack.nodes.comfy_models import hosted_pipeline
+
+    loaded = run_graph(pack, {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}}})["1"]
+    with comfy_services(pack.nodes.comfy_env):
+        pipeline = hosted_pipeline(*loaded)
+    read, seen, moved = pipeline.host.read, [], {}
+
+    def after_a_move():
+        seen.append(all(p.device.type == "meta" for p in pipeline.unet.parameters()))
+        host = read()
+        host.unet = moved["unet"] = {k: v.clone() for k, v in host.unet.items()}  # as a reload makes them
+        return host
+
+    pipeline.host.read = after_a_move
+    with comfy_services(pack.nodes.comfy_env):
+        pipeline.host.bind()
+    assert seen == [True]
+    storages = {v.untyped_storage().data_ptr() for v in moved["unet"].values()}
+    assert all(p.untyped_storage().data_ptr() in storages for p in pipeline.unet.parameters())
+    pipeline.host.unbind()  # after a node: nothing of ComfyUI's stays referenced
+    assert all(p.device.type == "meta" for m in (pipeline.unet, pipeline.vae) for p in m.parameters())

@@ -61,6 +61,9 @@ class HostBinding:
     targets: dict = field(default_factory=dict)  # (part, diffusers key) -> (module, attribute)
 
     def bind(self) -> None:
+        # let go first: reading may make the host move its weights (unload, load on the GPU), and
+        # references kept meanwhile would hold the old copy alive beside the new one
+        self.unbind()
         states = converted_states(self.read(), self.configs)
         for (part, key), (module, attr) in self.targets.items():
             module._parameters[attr] = torch.nn.Parameter(trainable_view(_lookup(states[part], key)),
