@@ -142,7 +142,8 @@ class Server:
         history = await self.history(prompt_id)
         # time to the first step (loading, caching) and from the first step to the last
         setup = times[0] - started if times else seconds
-        return {"status": status or "timeout", "started": started, "seconds": seconds, "steps": steps, "times": times,
+        return {"status": status or "timeout", "prompt_id": prompt_id, "started": started, "seconds": seconds,
+                "steps": steps, "times": times,
                 "setup": setup, "training": times[-1] - times[0] if times else 0.0, "history": history,
                 "error": error_text(history)}
 

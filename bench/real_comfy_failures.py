@@ -86,6 +86,18 @@ def broken_loader_nodes() -> dict:
     }
 
 
+async def settled(server: Server, result: dict, node: str) -> dict:
+    """The prompt's history once ComfyUI has filed ``node``'s images (the success event may come
+    before the history entry is complete)."""
+    prompt_id = result.get("prompt_id")
+    for _ in range(50):
+        if result["history"].get("outputs", {}).get(node) or not prompt_id:
+            break
+        await asyncio.sleep(0.2)
+        result["history"] = await server.history(prompt_id)
+    return result
+
+
 def image_digest(comfy: Path, result: dict, node: str) -> str | None:
     images = result["history"].get("outputs", {}).get(node, {}).get("images", [])
     if not images:
@@ -123,7 +135,7 @@ async def check(comfy: Path, url: str, checkpoint: str) -> list:
     failures: list = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
         server = Server(url, session)
-        base = await server.queue(base_nodes(checkpoint))
+        base = await settled(server, await server.queue(base_nodes(checkpoint)), "16")
         before = image_digest(comfy, base, "16")
         line(base["status"] == "success" and before, f"base image: {base['status']} in {base['seconds']:.1f} s, "
              f"pixels {before} {base['error']}", failures)
@@ -135,13 +147,13 @@ async def check(comfy: Path, url: str, checkpoint: str) -> list:
             one_line = "\n" not in message and "Traceback" not in message
             line(result["status"] == "error" and expect in message and one_line and await alive(session, url),
                  f"{what}: prompt ended '{result['status']}', message: {message!r}; server answers", failures)
-        again = await server.queue(base_nodes(checkpoint))
+        again = await settled(server, await server.queue(base_nodes(checkpoint)), "16")
         after = image_digest(comfy, again, "16")
         rerun = "14" not in cached_nodes(again)
         line(after == before and rerun, f"base image after the failures (KSampler {'re-run' if rerun else 'CACHED'} on "
              f"the same loaded MODEL): {after} (before {before}): "
              f"{'bit-identical' if after == before else 'DIFFERENT'}", failures)
-        fixed = await server.queue(train_nodes(checkpoint))
+        fixed = await settled(server, await server.queue(train_nodes(checkpoint)), "23")
         lora = image_digest(comfy, fixed, "23")
         line(fixed["status"] == "success" and lora and lora != before,
              f"fixed graph queued again (no restart): {fixed['status']} in {fixed['seconds']:.1f} s, LoRA image {lora} "
