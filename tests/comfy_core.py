@@ -2,7 +2,7 @@
 INPUT_TYPES (names, order, types, defaults) and RETURN_TYPES (nodes.py, comfy_extras/nodes_train.py),
 so CI can run CheckpointLoaderSimple -> LoRA Train -> LoRA Apply -> CLIPTextEncode -> KSampler ->
 VAEDecode -> SaveImage on tiny single-file checkpoints. What the nodes hand each other is what
-ComfyUI's do (comfy_core_models.py, comfy_core_clip.py, comfy_core_patcher.py, comfy_core_lora.py,
+ComfyUI's do (comfy_core_detect.py, comfy_core_models.py, comfy_core_clip.py, comfy_core_patcher.py, comfy_core_lora.py,
 comfy_core_sampling.py). Files: models from LT_MODELS_DIR/<kind>/, outputs to LT_OUTPUT_DIR; the CLIP
 tokenizer from LT_COMFY_TOKENIZER_DIR (ComfyUI's comfy/sd1_tokenizer layout), else one written once
 per process with trainer.tiny.tokenizers.write_comfyui_sd1_tokenizer."""

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from comfy_core_models import UNET_PREFIX, single_thread
+from comfy_core_detect import UNET_PREFIX, single_thread
 from comfy_standin import ProgressBar, model_management
 
 SAMPLERS = ["euler", "euler_ancestral"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import comfy_core as cc
-from comfy_core_models import UNET_PREFIX, VAE_PREFIX, embedded_configs, read_checkpoint
+from comfy_core_detect import UNET_PREFIX, VAE_PREFIX, embedded_configs, read_checkpoint
 from comfy_standin import model_management as mm
 
 FAMILIES = ["sd15", "sdxl"]
