@@ -163,7 +163,7 @@ def on_device(pipeline):
     (comfy_models.py) is pointed at their weights as ComfyUI holds them now and let go after, so
     it never pins a copy ComfyUI has moved away."""
     host = getattr(pipeline, "host", None)
-    if host is not None:
+    if host is not None and not host.bound:  # bound already when LoRA Train has just built it
         host.bind()
     pipeline.to(device())
     try:

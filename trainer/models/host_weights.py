@@ -59,6 +59,7 @@ class HostBinding:
     read: Callable[[], HostModel]  # the host's current tensors
     configs: dict
     targets: dict = field(default_factory=dict)  # (part, diffusers key) -> (module, attribute)
+    bound: bool = False  # pointing at the host's tensors now (not meta)
 
     def bind(self) -> None:
         # let go first: reading may make the host move its weights (unload, load on the GPU), and
@@ -68,11 +69,13 @@ class HostBinding:
         for (part, key), (module, attr) in self.targets.items():
             module._parameters[attr] = torch.nn.Parameter(trainable_view(_lookup(states[part], key)),
                                                           requires_grad=False)
+        self.bound = True
 
     def unbind(self) -> None:
         for module, attr in self.targets.values():
             weight = module._parameters[attr]
             module._parameters[attr] = torch.nn.Parameter(torch.empty_like(weight, device="meta"), requires_grad=False)
+        self.bound = False
 
 
 def trainable_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -155,6 +158,7 @@ def build_from_host(host: HostModel, read: Callable[[], HostModel] | None = None
         states = converted_states(host, configs)
         for part, module in parts.items():
             _share(module, states[part], part, binding)
+        binding.bound = True
     for module in parts.values():
         module.requires_grad_(False)
         module.eval()
