@@ -5,6 +5,9 @@ import below is relative: the pack's own ``nodes`` never shadows ComfyUI's top-l
 """
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes.runs_api import register as _register_routes
+
+_register_routes()  # the Training sidebar's /lora_trainer/runs routes (only inside a running ComfyUI)
 
 WEB_DIRECTORY = "./js"
 

@@ -21,6 +21,17 @@ except ImportError:  # plain Python: tests, scripts
 
 IN_COMFY = folder_paths is not None
 
+try:  # what a node returns so that the nodes after it do not run (quietly, with message None)
+    from comfy_execution.graph_utils import ExecutionBlocker
+except ImportError:
+    class ExecutionBlocker:
+        def __init__(self, block_execution):
+            self.message = block_execution
+
+
+def blocked_outputs(count: int) -> tuple:
+    return tuple(ExecutionBlocker(None) for _ in range(count))
+
 
 def models_root() -> Path:
     if IN_COMFY:
@@ -98,6 +109,18 @@ def custom_nodes_dirs() -> list[Path]:
         except KeyError:
             return []
     return [models_root().parent / "custom_nodes"]
+
+
+def server_routes():
+    """ComfyUI server's aiohttp RouteTableDef, or None outside a running ComfyUI."""
+    if not IN_COMFY:
+        return None
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    instance = getattr(PromptServer, "instance", None)
+    return instance.routes if instance is not None else None
 
 
 def output_dir() -> Path:

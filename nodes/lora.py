@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from ..trainer.errors import TrainerError
-from ..trainer.names import inside, safe_name
+from ..trainer.names import free_file, safe_name
 from ..trainer.save_fallback import save_with_fallback
 from . import comfy_env
 
@@ -14,14 +14,6 @@ from . import comfy_env
 def lora_stem(name: str) -> str:
     """The widget's name as a safe file stem (trainer/names.py), without a typed .safetensors."""
     return safe_name(re.sub(r"\.safetensors\s*$", "", name.strip(), flags=re.IGNORECASE), default="my_lora")
-
-
-def free_path(folder: Path, stem: str, overwrite: bool) -> Path:
-    path = inside(folder, f"{stem}.safetensors")
-    n = 1
-    while path.exists() and not overwrite:
-        path, n = inside(folder, f"{stem}_{n}.safetensors"), n + 1
-    return path
 
 
 class LoraSave:
@@ -51,7 +43,7 @@ class LoraSave:
         folder = comfy_env.model_folders("loras")[0]
         stem = lora_stem(name)
         path, problem = save_with_fallback(lambda target: save_lora(lora, target, precision, layout=format),
-                                           free_path(folder, stem, overwrite), stem, "LoRA")
+                                           free_file(folder, stem, overwrite=overwrite), stem, "LoRA")
         if problem:
             raise TrainerError(f"LoRA Save: {problem} Free some disk space, or copy it into models/loras yourself.")
         return {"ui": {"text": [str(path)]}, "result": (str(path),)}

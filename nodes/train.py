@@ -9,6 +9,7 @@ from ..trainer.errors import TrainerError
 from ..trainer.lora.network_choice import NETWORKS
 from . import comfy_env
 from .headless import write_headless_run
+from .train_runs import RUN_IN, RUN_IN_TIP, graph_run, start_in_background
 from .images import preview, to_image_tensor
 
 PRESETS = ["none", "anime", "realistic", "sdxl_character", "kolors"]
@@ -116,11 +117,12 @@ class LoraTrain:
                              "sample_prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
                                                "Optional prompt(s), one per line, sampled every epoch and shown here."}),
                              # last, so workflows saved before it still map their widget values
-                             "network": (list(NETWORKS), {"default": "LoRA", "tooltip": NETWORK_TIP})},
+                             "network": (list(NETWORKS), {"default": "LoRA", "tooltip": NETWORK_TIP}),
+                             "run_in": (RUN_IN, {"default": "this graph", "tooltip": RUN_IN_TIP})},
                 "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
     def train(self, dataset, pipeline=None, model=None, clip=None, vae=None, options=None, sample_prompt="",
-              unique_id=None, prompt=None, network="LoRA", **widget_values):
+              unique_id=None, prompt=None, network="LoRA", run_in="this graph", **widget_values):
         from ..trainer.chart import loss_chart
         from ..trainer.config import TrainConfig
         from ..trainer.names import inside, safe_name
@@ -150,7 +152,9 @@ class LoraTrain:
 
         settings = dict(getattr(pipeline, "cli_settings", {}))
         note = settings.pop("note", model_note)
-        _, headless = write_headless_run(config, dataset, run_dir, settings, note)
+        toml, headless = write_headless_run(config, dataset, run_dir, settings, note)
+        if run_in != "this graph":
+            return start_in_background(config, toml, pipeline, run_in, len(self.RETURN_TYPES), headless)
         if getattr(pipeline, "host", None) is None:  # ComfyUI's own models wait in RAM while ours trains
             comfy_env.free_comfy_models()
         memory_warning = vram_warning(config, pipeline)
@@ -175,14 +179,17 @@ class LoraTrain:
 
         callbacks = Callbacks(on_start=on_start, on_step=on_step, on_loss=on_loss, on_samples=on_samples,
                               should_stop=comfy_env.interrupted, log=print)
-        with comfy_env.on_device(pipeline):
-            result = train(config, model=pipeline, dataset=dataset, callbacks=callbacks)
+        with graph_run(run_dir, pipeline) as status, comfy_env.on_device(pipeline):
+            result = train(config, model=pipeline, dataset=dataset, callbacks=status.callbacks(callbacks))
+            status.finish("stopped" if result.stopped else "done")
         comfy_env.release_memory()
-        if comfy_env.interrupted():  # Cancel: state is saved, queueing again resumes
+        if result.stopped:  # Cancel or the panel's Stop: state is saved, queueing again resumes
             from ..trainer.train.failure import leave_as_given
 
             leave_as_given(result.model)  # the cached pipeline carries no half-trained LoRA
-        comfy_env.raise_if_interrupted()
+            comfy_env.raise_if_interrupted()
+            raise TrainerError(f"Stopped from the Training panel at step {result.steps}: the state is saved, "
+                               "queue the prompt again to resume.")
         chart = loss_chart(result.losses)
         text = ([f"warning: {memory_warning}"] if memory_warning else []) + [headless]
         ui = {"images": preview(chart), "text": ["\n\n".join(text)]}

@@ -115,8 +115,12 @@ def _run_graph(pack, graph: dict, ui=None, cache=None) -> dict:
                 kwargs[name] = value
         for name, kind in types.get("hidden", {}).items():  # what ComfyUI's executor fills in
             kwargs[name] = {"PROMPT": graph, "UNIQUE_ID": node_id}.get(kind)
-        with torch.inference_mode():
-            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        if any(type(v).__name__ == "ExecutionBlocker" for v in kwargs.values()):  # ComfyUI skips the node
+            out = tuple(next(v for v in kwargs.values() if type(v).__name__ == "ExecutionBlocker")
+                        for _ in cls.RETURN_TYPES)
+        else:
+            with torch.inference_mode():
+                out = getattr(cls(), cls.FUNCTION)(**kwargs)
         if isinstance(out, dict):
             if ui is not None and "ui" in out:
                 ui[node_id] = out["ui"]

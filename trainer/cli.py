@@ -15,7 +15,8 @@ def cmd_train(args) -> int:
     from .config_files import config_from_file, parse_overrides
     from .progress import quiet_libraries, tqdm_callbacks
     from .train import distributed
-    from .train.loop import save_outputs, train
+    from .train.loop import train
+    from .train.snapshots import save_final
 
     quiet_libraries()
     values = {}
@@ -32,11 +33,7 @@ def cmd_train(args) -> int:
         distributed.shutdown(dist)
     if not dist.is_main:
         return 0
-    files = save_outputs(result, config)
-    if config.sample_prompts:
-        from .sample_prompts import write_samples
-
-        files.update(write_samples(result.model, config, Path(config.output_dir) / "samples"))
+    files = save_final(result, config)
     state = "stopped early" if result.stopped else "done"
     print(f"{state}: {result.steps} steps, {result.seconds_per_step:.3f} s/step, "
           f"final loss {result.losses[-1]:.4f}" if result.losses else state)
@@ -146,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.vram_cli import add_vram_parser
 
     add_vram_parser(sub)  # python -m trainer vram --config run.toml [--family sdxl] [--free 8]
+    from .runs.worker import add_background_parser
+
+    add_background_parser(sub)  # python -m trainer background --config <run>/<name>.toml
     return parser
 
 

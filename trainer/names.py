@@ -63,3 +63,13 @@ def inside(folder, file_name: str) -> Path:
         raise TrainerError(f"'{file_name}' is not a plain file name: it would be written outside {folder}. "
                            "Use a name without path separators or '..'.")
     return path
+
+
+def free_file(folder, stem: str, suffix: str = ".safetensors", overwrite: bool = False) -> Path:
+    """``folder/<stem><suffix>``, or ``<stem>_1``, ``_2`` ... while that name is taken (unless
+    ``overwrite``): a saved file never replaces another one."""
+    path = inside(folder, f"{stem}{suffix}")
+    n = 1
+    while path.exists() and not overwrite:
+        path, n = inside(folder, f"{stem}_{n}{suffix}"), n + 1
+    return path

@@ -76,7 +76,9 @@ class StepLoop:
         self.step, self.epoch, self.stopped = setup.progress.step, setup.progress.epoch, False
         self.started = time.time()
         self.step_times: list[float] = []
-        self.smoothed = 0.0
+        self.smoothed = 0.0  # the loss's moving average, continued over a resumed run's losses
+        for k, loss in enumerate(self.result.losses):
+            self.smoothed = 0.9 * self.smoothed + 0.1 * loss if k else loss
         self.max_norm, self.metrics = max_norm_for(setup), {}  # scale_weight_norms
         self.here = (0, 0)  # (batch position, samples) in the epoch after this step
         self.state_at = -1  # the step of the last <name>-state written
@@ -154,7 +156,7 @@ class StepLoop:
         if not mb.indices:
             return 0.0
         loss = diffusion_loss(s.model, s.scheduler, mb.latents, mb.cond, mb.time_ids, mb.noise,
-                              mb.timesteps, s.autocast, s.config, mb.weights, mb.input_noise)
+                              mb.timesteps, s.autocast, s.config, mb.weights, mb.input_noise, mb.masks)
         # each rank's share of the global mean: summed over ranks, the gradient is the
         # gradient of one process running the whole global batch
         s.scaler.scale(loss * (mb.share / s.accumulation)).backward()
@@ -196,7 +198,7 @@ class StepLoop:
         if cb.on_step:
             cb.on_step(step, s.steps, losses[-1])
         if cb.on_loss:
-            self.smoothed = 0.9 * self.smoothed + 0.1 * losses[-1] if step > 1 else losses[-1]
+            self.smoothed = 0.9 * self.smoothed + 0.1 * losses[-1] if len(losses) > 1 else losses[-1]
             cb.on_loss(step, losses[-1], self.smoothed)
         if wants_samples(s.config, step, None):
             self.sample(f"_s{step:06d}")

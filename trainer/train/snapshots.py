@@ -139,3 +139,13 @@ def save_outputs(result, config) -> dict[str, Path]:
         raise TrainerError(" ".join(problems) + " Free some disk space (or choose another output_dir) and move "
                            "them from there.")
     return files
+
+
+def save_final(result, config) -> dict[str, Path]:
+    """save_outputs(), then the sample prompts' images with the trained LoRA (the CLI's end of a run)."""
+    files = save_outputs(result, config)
+    if config.sample_prompts:
+        from ..sample_prompts import write_samples
+
+        files.update(write_samples(result.model, config, Path(config.output_dir) / "samples"))
+    return files
