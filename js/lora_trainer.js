@@ -108,22 +108,37 @@ function drawChart(node) {
   ctx.fillText(`loss ${last.loss.toFixed(4)}  smoothed ${last.smoothed.toFixed(4)}`, w - pad.r, h - 3);
 }
 
+const CHART_HEIGHT = 150; // the live chart keeps this height before, during and after a run
+
 function addUi(node) {
   const root = document.createElement("div");
-  root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;";
+  root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;overflow:hidden;";
   const estimate = document.createElement("div");
-  estimate.style.cssText = "font:12px sans-serif;color:#bbb;white-space:normal;line-height:1.3;";
+  estimate.style.cssText = "font:12px sans-serif;color:#bbb;white-space:normal;line-height:1.3;flex:none;";
   const canvas = document.createElement("canvas");
-  canvas.style.cssText = "flex:1;width:100%;min-height:0;border-radius:4px;";
-  // after a run: memory warnings and the CLI commands for the same training (selectable text)
-  const info = document.createElement("div");
-  info.style.cssText = "font:11px monospace;color:#9c9;white-space:pre-wrap;word-break:break-all;user-select:text;"
-    + "max-height:96px;overflow:auto;";
-  root.append(estimate, canvas, info);
-  node.__lt = { estimate, canvas, info, points: [], total: 0 };
+  canvas.style.cssText = `flex:1 0 ${CHART_HEIGHT}px;width:100%;min-height:${CHART_HEIGHT}px;border-radius:4px;`;
+  // after a run: warnings in plain sight, the long headless commands folded behind one line + Copy
+  const warn = document.createElement("div");
+  warn.style.cssText = "font:11px sans-serif;color:#e8b04a;white-space:pre-wrap;flex:none;max-height:48px;overflow:auto;";
+  const details = document.createElement("details");
+  details.style.cssText = "font:11px sans-serif;color:#9c9;flex:none;";
+  const summary = document.createElement("summary");
+  summary.style.cssText = "cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
+  const copy = document.createElement("button");
+  copy.textContent = "Copy";
+  copy.title = "Copy the commands that run this training headless";
+  copy.style.cssText = "margin-left:6px;font:11px sans-serif;padding:0 6px;cursor:pointer;";
+  const info = document.createElement("pre");
+  info.style.cssText = "font:10px monospace;white-space:pre-wrap;word-break:break-all;user-select:text;"
+    + "max-height:90px;overflow:auto;margin:2px 0 0;";
+  copy.onclick = (e) => { e.preventDefault(); navigator.clipboard?.writeText(info.textContent); copy.textContent = "Copied"; };
+  details.append(summary, info);
+  details.style.display = "none";
+  root.append(estimate, canvas, warn, details);
+  node.__lt = { estimate, canvas, warn, details, summary, copy, info, points: [], total: 0 };
   if (typeof node.addDOMWidget === "function") {
     const widget = node.addDOMWidget("lt_loss_chart", "lt_loss_chart", root, {
-      serialize: false, hideOnZoom: false, getMinHeight: () => 170, getValue: () => "", setValue: () => {},
+      serialize: false, hideOnZoom: false, getMinHeight: () => CHART_HEIGHT + 60, getValue: () => "", setValue: () => {},
     });
     widget.serialize = false; // keep it out of widgets_values and the prompt
   }
@@ -132,6 +147,28 @@ function addUi(node) {
   node.setSize([Math.max(node.size[0], size[0], 380), Math.max(node.size[1], size[1])]);
   refreshEstimate(node);
   drawChart(node);
+}
+
+// the text LoRA Train shows after a run: "warning: ..." lines, then the headless commands (or the
+// background run's facts); the chart gets the run's final points
+function showResult(node, message) {
+  const ui = node.__lt;
+  if (!ui) return;
+  const text = (message?.text ?? []).join("\n");
+  const lines = text.split("\n");
+  ui.warn.textContent = lines.filter((l) => l.startsWith("warning:")).join("\n");
+  const rest = lines.filter((l) => !l.startsWith("warning:")).join("\n").trim();
+  ui.info.textContent = rest;
+  ui.summary.textContent = rest.split("\n")[0] || "";
+  ui.summary.append(ui.copy);
+  ui.copy.textContent = "Copy";
+  ui.details.style.display = rest ? "" : "none";
+  const chart = message?.lt_chart?.[0];
+  if (chart?.points?.length) {
+    ui.total = chart.total;
+    ui.points = chart.points.map(([step, loss, smoothed]) => ({ step, loss, smoothed }));
+    drawChart(node);
+  }
 }
 
 function onLoss({ detail }) {
@@ -176,7 +213,7 @@ app.registerExtension({
       }
     });
     chain(nodeType.prototype, "onExecuted", function (message) {
-      if (this.__lt) this.__lt.info.textContent = (message?.text ?? []).join("\n");
+      showResult(this, message);
     });
     chain(nodeType.prototype, "onRemoved", function () {
       trainNodes.delete(this);

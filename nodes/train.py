@@ -10,7 +10,7 @@ from ..trainer.lora.network_choice import NETWORKS
 from . import comfy_env
 from .headless import write_headless_run
 from .train_runs import RUN_IN, RUN_IN_TIP, graph_run, start_in_background
-from .images import preview, to_image_tensor
+from .images import to_image_tensor
 
 PRESETS = ["none", "anime", "realistic", "sdxl_character", "kolors"]
 LOSS_EVENT = "lt.train.loss"  # {"node", "step", "total", "loss", "smoothed"} every step, for js/
@@ -192,9 +192,19 @@ class LoraTrain:
                                "queue the prompt again to resume.")
         chart = loss_chart(result.losses)
         text = ([f"warning: {memory_warning}"] if memory_warning else []) + [headless]
-        ui = {"images": preview(chart), "text": ["\n\n".join(text)]}
+        # the node's own chart redraws from these points (js/lora_trainer.js): no image below it
+        ui = {"text": ["\n\n".join(text)], "lt_chart": [{"total": result.total_steps, "points": chart_points(result.losses)}]}
         lora_model = {k: v.detach() for k, v in result.lora.tensors.items()} if result.lora else {}
         return {"ui": ui, "result": (result.lora, result.model, to_image_tensor(chart), lora_model)}
+
+
+def chart_points(losses: list[float], most: int = 2000) -> list[list[float]]:
+    """[step, loss, smoothed] for the node's chart, every k-th step when there are more than ``most``."""
+    from ..trainer.chart import smooth
+
+    every = max(1, -(-len(losses) // most))
+    return [[step, round(loss, 6), round(avg, 6)] for step, (loss, avg) in enumerate(zip(losses, smooth(losses)), 1)
+            if step % every == 0 or step == len(losses)]
 
 
 def model_for_run(pipeline, model, clip, vae, prompt, unique_id, values: dict):
