@@ -106,3 +106,20 @@ def test_extra_model_paths_are_searched_after_the_models_folder(pack, linked, tm
     assert env.full_path("checkpoints", "linked-sd15.safetensors") == extra / "checkpoints" / "linked-sd15.safetensors"
     pipeline = pack.nodes.NODE_CLASS_MAPPINGS["LT_KolorsSDXLLoader"]().load("diffusers/ExtraSD15", "auto", "fp32")[0]
     assert pipeline.family.name == "sd15" and pipeline.source == str(extra / "diffusers" / "ExtraSD15")
+
+
+def test_a_diffusers_folder_keeps_its_own_tokenizer_over_comfyuis(tiny_models, tmp_path):
+    """Kolors/SDXL Loader passes ComfyUI's comfy/sd1_tokenizer (the full 49408-token vocabulary) for
+    single files; a diffusers folder's own tokenizer must still win: the tiny model's 514-token CLIP
+    would index past its embedding table with ComfyUI's ids (found running it in a real ComfyUI)."""
+    from trainer.models.loader import load_model
+    from trainer.tiny.tokenizers import write_comfyui_sd1_tokenizer
+
+    comfy_tokenizer = write_comfyui_sd1_tokenizer(tmp_path / "comfy" / "sd1_tokenizer")
+    folder = tiny_models("sd15")
+    model = load_model(folder, "sd15", tokenizer_dir=comfy_tokenizer)
+    tokenizer = model.pipe.tokenizer
+    assert len(tokenizer) <= model.pipe.text_encoder.config.vocab_size
+    ids = tokenizer(["ltdemo, a yellow star"], return_tensors="pt").input_ids
+    assert int(ids.max()) < model.pipe.text_encoder.config.vocab_size
+    model.pipe.text_encoder(ids)  # ComfyUI's ids would raise IndexError here

@@ -58,8 +58,10 @@ def load_transformers_model(folder, subfolder: str, cls, dtype, what: str, **ext
 def load_clip_tokenizer(folder, subfolder: str, tokenizer_dir=None):
     from transformers import CLIPTokenizer
 
-    candidates = [Path(tokenizer_dir) / subfolder, Path(tokenizer_dir)] if tokenizer_dir else []
-    candidates.append(Path(folder) / subfolder)
+    # the model's own tokenizer first (a fine-tune may have added tokens); ``tokenizer_dir`` (ComfyUI's
+    # comfy/sd1_tokenizer) for models that carry none, such as single-file checkpoints
+    candidates = [Path(folder) / subfolder]
+    candidates += [Path(tokenizer_dir) / subfolder, Path(tokenizer_dir)] if tokenizer_dir else []
     for cand in candidates:
         if (cand / "vocab.json").is_file() and (cand / "merges.txt").is_file():
             return CLIPTokenizer.from_pretrained(str(cand), local_files_only=True)
