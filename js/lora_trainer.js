@@ -76,7 +76,7 @@ function drawChart(node) {
   if (!pts.length) {
     ctx.fillStyle = "#888";
     ctx.textAlign = "center";
-    ctx.fillText("loss curve appears here while training", w / 2, h / 2);
+    ctx.fillText(ui.note || "loss curve appears here while training", w / 2, h / 2);
     return;
   }
   let lo = Infinity, hi = -Infinity;
@@ -133,12 +133,13 @@ function addUi(node) {
     + "max-height:90px;overflow:auto;margin:2px 0 0;";
   copy.onclick = (e) => { e.preventDefault(); navigator.clipboard?.writeText(info.textContent); copy.textContent = "Copied"; };
   details.append(summary, info);
+  details.addEventListener("toggle", () => fitNode(node));
   details.style.display = "none";
   root.append(estimate, canvas, warn, details);
   node.__lt = { estimate, canvas, warn, details, summary, copy, info, points: [], total: 0 };
   if (typeof node.addDOMWidget === "function") {
     const widget = node.addDOMWidget("lt_loss_chart", "lt_loss_chart", root, {
-      serialize: false, hideOnZoom: false, getMinHeight: () => CHART_HEIGHT + 60, getValue: () => "", setValue: () => {},
+      serialize: false, hideOnZoom: false, getMinHeight: () => minHeight(node), getValue: () => "", setValue: () => {},
     });
     widget.serialize = false; // keep it out of widgets_values and the prompt
   }
@@ -147,6 +148,20 @@ function addUi(node) {
   node.setSize([Math.max(node.size[0], size[0], 380), Math.max(node.size[1], size[1])]);
   refreshEstimate(node);
   drawChart(node);
+}
+
+// the chart's height plus what is shown around it: the node grows instead of the chart shrinking
+function minHeight(node) {
+  const ui = node.__lt;
+  if (!ui) return CHART_HEIGHT + 40;
+  const extra = (ui.details.style.display === "none" ? 0 : 24) + (ui.warn.textContent ? 52 : 0);
+  return CHART_HEIGHT + 40 + extra + (ui.details.open ? 100 : 0);
+}
+
+function fitNode(node) {
+  const want = node.computeSize();
+  if (want[1] > node.size[1]) node.setSize([node.size[0], want[1]]);
+  node.setDirtyCanvas?.(true, true);
 }
 
 // the text LoRA Train shows after a run: "warning: ..." lines, then the headless commands (or the
@@ -163,6 +178,9 @@ function showResult(node, message) {
   ui.summary.append(ui.copy);
   ui.copy.textContent = "Copy";
   ui.details.style.display = rest ? "" : "none";
+  fitNode(node);
+  ui.note = rest.startsWith("Training in the background") ? "training in the background: see the Training tab" : "";
+  if (ui.note) { ui.points = []; drawChart(node); }
   const chart = message?.lt_chart?.[0];
   if (chart?.points?.length) {
     ui.total = chart.total;
@@ -180,6 +198,7 @@ function onLoss({ detail }) {
     const ui = node.__lt;
     if (!ui) continue;
     if (detail.total !== ui.total) ui.points = []; // a new run
+    ui.note = "";
     while (ui.points.length && ui.points[ui.points.length - 1].step >= detail.step) ui.points.pop(); // rerun, resume
     ui.total = detail.total;
     ui.points.push({ step: detail.step, loss: Number(detail.loss), smoothed: Number(detail.smoothed) });
