@@ -5,6 +5,8 @@ import { api } from "../../scripts/api.js";
 
 const TRAIN = "LT_LoraTrain";
 const DATASET = "LT_DatasetLoader";
+const MERGE = "LT_DatasetMerge"; // its summary: "N datasets, M images, S samples per epoch" + a line per dataset
+const SOURCES = [DATASET, MERGE];
 const LOSS_EVENT = "lt.train.loss"; // {node, step, total, loss, smoothed} from nodes/train.py
 const MAX_POINTS = 4000; // older points are thinned out beyond this
 const trainNodes = new Set();
@@ -29,20 +31,21 @@ function datasetNode(node) {
   return src;
 }
 
-let datasetInputs = []; // the Dataset Loader's widget names, from its node definition
-const snapshot = (node) => JSON.stringify(datasetInputs.map((name) => widgetValue(node, name)));
+const sourceInputs = {}; // node type -> its widget names, from its node definition
+const snapshot = (node) => JSON.stringify((sourceInputs[node.type] ?? []).map((name) => widgetValue(node, name)));
 
 function estimateText(node) {
   const src = datasetNode(node);
   if (!src) return "connect a Dataset Loader to estimate the steps";
-  if (src.type !== DATASET) return "total steps: known when training starts";
+  if (!SOURCES.includes(src.type)) return "total steps: known when training starts";
   const info = src.__ltSummary;
-  if (!info) return "total steps: run Dataset Loader to count images";
+  if (!info) return `total steps: run ${src.type === MERGE ? "Dataset Merge" : "Dataset Loader"} to count images`;
   const epochs = Number(widgetValue(node, "max_train_epochs")) || 1;
   const batch = Number(widgetValue(node, "train_batch_size")) || 1;
   const steps = Math.ceil(info.samples / batch) * epochs;
   let text = `total steps ≈ ${info.samples} samples × ${epochs} epochs / ${batch} batch = ${steps}`;
-  if (info.widgets !== snapshot(src)) text += " (Dataset Loader changed since it ran)";
+  if (info.parts) text += ` (${info.parts} datasets; each may set its own batch size)`;
+  if (info.widgets !== snapshot(src)) text += ` (${src.type === MERGE ? "Dataset Merge" : "Dataset Loader"} changed since it ran)`;
   else if (node.inputs?.find((i) => i.name === "options")?.link != null)
     text += " (Training Options may change it)";
   return text;
@@ -213,12 +216,13 @@ app.registerExtension({
     api.addEventListener(LOSS_EVENT, onLoss);
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === DATASET) {
-      datasetInputs = Object.keys({ ...nodeData.input?.required, ...nodeData.input?.optional });
+    if (SOURCES.includes(nodeData.name)) {
+      sourceInputs[nodeData.name] = Object.keys({ ...nodeData.input?.required, ...nodeData.input?.optional });
       chain(nodeType.prototype, "onExecuted", function (message) {
         const first = String(message?.text?.[0] ?? "").split("\n")[0];
         const m = first.match(/(\d+)\s+images?,\s*(\d+)\s+samples per epoch/);
-        if (m) this.__ltSummary = { images: +m[1], samples: +m[2], widgets: snapshot(this) };
+        const parts = first.match(/^(\d+)\s+datasets,/);
+        if (m) this.__ltSummary = { images: +m[1], samples: +m[2], parts: parts ? +parts[1] : 0, widgets: snapshot(this) };
         trainNodes.forEach(refreshEstimate);
       });
     }
