@@ -174,3 +174,15 @@ def test_routes_check_ids_and_say_what_is_wrong(pack, comfy_dirs, tmp_path):
     assert got[("get", "/lora_trainer/runs/..%2Fsecret")][0] in (400, 404)
     assert "secret" not in got[("get", "/lora_trainer/runs")][1]
     assert got[("post", "/lora_trainer/runs/done/resume")][0] == 400 and "done.toml" in got[("post", "/lora_trainer/runs/done/resume")][1]
+
+
+def test_a_run_that_would_not_fit_the_gpu_says_what_to_change():
+    from trainer.config import TrainConfig
+    from trainer.runs.worker import memory_problem
+    from trainer.train.vram import GB
+
+    config = TrainConfig.from_dict({"model_family": "sdxl", "resolution": "1024", "train_batch_size": 4,
+                                    "mixed_precision": "bf16", "network_dim": 32})
+    assert memory_problem(config, 80 * GB) is None
+    problem = memory_problem(config, 10 * GB)
+    assert problem.startswith("Not started: estimated") and "set " in problem and "to fit" in problem

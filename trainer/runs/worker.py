@@ -73,12 +73,19 @@ def gpu_memory_problem(config, device) -> str | None:
         return None
     import torch
 
+    free, _ = torch.cuda.mem_get_info(device)
+    return memory_problem(config, free)
+
+
+def memory_problem(config, free_bytes: int) -> str | None:
+    """Our estimate (train/vram.py) against ``free_bytes``: None when it fits, else the reason the
+    run does not start, naming the settings that would make it fit."""
     from ..train.vram import vram_warning
     from ..train.vram_cli import config_family
 
-    free, _ = torch.cuda.mem_get_info(device)
-    warning = vram_warning(config, config_family(config), free)
-    return f"Not started: {warning}." if warning else None
+    warning = vram_warning(config, config_family(config), free_bytes)
+    return f"Not started: {warning}. Free GPU memory (close other runs or unload models) or change those settings." \
+        if warning else None
 
 
 def publish(lora: Path, folder: Path, stem: str) -> Path:
