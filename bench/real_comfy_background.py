@@ -198,7 +198,9 @@ def main() -> int:
         listed = page.evaluate("""(name) => { const n = window.LiteGraph.createNode('LoraLoader');
             return n.widgets.find((w) => w.name === 'lora_name').options.values.includes(name); }""", lora.name)
         check(listed, f"LoraLoader's list has {lora.name}")
-        check(not errors, f"no page errors ({errors[:2]})")
+        # the frontend's own settings code throws one at start-up in headless Chromium: only ours count
+        ours = [e for e in errors if "/extensions/" in e]
+        check(not ours, f"no page errors from the pack's scripts ({ours[:2]}; {len(errors) - len(ours)} from the frontend)")
         browser.close()
     print(f"{len(failures)} check(s) failed" if failures else "all checks passed")
     return 1 if failures else 0
