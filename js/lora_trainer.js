@@ -2,6 +2,7 @@
 // Plain ES module, loaded by ComfyUI from WEB_DIRECTORY; no build step, no dependencies.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { chartContext } from "./chart_canvas.js";
 
 const TRAIN = "LT_LoraTrain";
 const DATASET = "LT_DatasetLoader";
@@ -64,17 +65,7 @@ function drawChart(node) {
   const ui = node.__lt;
   const canvas = ui?.canvas;
   if (!canvas) return;
-  const dpr = window.devicePixelRatio || 1;
-  const w = Math.max(1, canvas.clientWidth), h = Math.max(1, canvas.clientHeight);
-  if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
-    canvas.width = Math.round(w * dpr);
-    canvas.height = Math.round(h * dpr);
-  }
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#1b1b1b";
-  ctx.fillRect(0, 0, w, h);
-  ctx.font = "11px sans-serif";
+  const { ctx, w, h } = chartContext(canvas);
   const pts = ui.points;
   if (!pts.length) {
     ctx.fillStyle = "#888";

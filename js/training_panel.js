@@ -4,6 +4,7 @@
 // in the page, so runs survive a reload and a server restart.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { chartContext } from "./chart_canvas.js";
 
 const POLL_OPEN_MS = 1500; // while the tab is open
 const POLL_CLOSED_MS = 5000; // otherwise: still watch for finished runs (toast, LoRA list)
@@ -36,17 +37,9 @@ function viewUrl(runId, relative) {
 }
 
 function drawCurve(canvas, history, total) {
-  const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth || 260, h = canvas.clientHeight || 70;
-  canvas.width = Math.round(w * dpr);
-  canvas.height = Math.round(h * dpr);
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.fillStyle = "#1b1b1b";
-  ctx.fillRect(0, 0, w, h);
+  const { ctx, w, h } = chartContext(canvas, 260, 70);
   if (!history?.length) {
     ctx.fillStyle = "#777";
-    ctx.font = "11px sans-serif";
     ctx.textAlign = "center";
     ctx.fillText("loss curve: from the first step", w / 2, h / 2 + 4);
     return;
