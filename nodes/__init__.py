@@ -5,6 +5,7 @@ LoraModelLoader and LoraSave.
 """
 
 from .dataset import DatasetLoader
+from .merge import DatasetMerge
 from .lora import LoraSave
 from .lora_apply import LoraApply
 from .model import KolorsSDXLLoader, LoraLoad
@@ -19,6 +20,7 @@ NODES = {
     "LT_AutoTagger": (AutoTagger, "Auto Tagger"),
     "LT_CaptionEditor": (CaptionEditor, "Caption Editor"),
     "LT_DatasetReport": (DatasetReport, "Dataset Report"),
+    "LT_DatasetMerge": (DatasetMerge, "Dataset Merge"),
     "LT_TrainingOptions": (TrainingOptions, "Training Options"),
     "LT_LoraTrain": (LoraTrain, "LoRA Train"),
     "LT_LoraSave": (LoraSave, "LoRA Save"),

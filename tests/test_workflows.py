@@ -13,7 +13,8 @@ from workflow_format import is_widget, ui_to_api
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 REQUIRED = {"kolors_example.json", "kolors_lora_example.json", "kolors_train_then_generate.json",
-            "sdxl_train_then_generate.json", "sd15_train_then_generate.json", "dataset_prep.json"}
+            "sdxl_train_then_generate.json", "sd15_train_then_generate.json", "dataset_prep.json",
+            "character_with_style.json"}
 
 
 def test_the_bundled_set_is_complete():
@@ -112,7 +113,8 @@ def shrink(api: dict, model: str, lora_file: str | None) -> dict:
                                         ("kolors_train_then_generate.json", "diffusers/Kolors"),
                                         ("sdxl_train_then_generate.json", "TinySDXL.safetensors"),
                                         ("sd15_train_then_generate.json", "TinySD15.safetensors"),
-                                        ("dataset_prep.json", "diffusers/Kolors")])
+                                        ("dataset_prep.json", "diffusers/Kolors"),
+                                        ("character_with_style.json", "diffusers/TinySDXL")])
 def test_workflow_runs_on_tiny_models(pack, user_dirs, name, model):
     from graph_runner import run_graph
 
@@ -125,6 +127,11 @@ def test_workflow_runs_on_tiny_models(pack, user_dirs, name, model):
         state = diffsynth_state(unet_lora(unet, "kolors", conv=False, seed=1), dict(unet.config))
         lora = "epoch=0-step=500.ckpt"
         torch.save({"state_dict": state, "epoch": 0, "global_step": 500}, user_dirs / "models" / "loras" / lora)
+    if name == "character_with_style.json":  # its second Dataset Loader's folder: a painted style
+        from conftest import paint
+
+        for i in range(3):
+            paint(user_dirs / "input" / "style_dataset" / f"{i}.png", colour=(20 * i, 120, 60), box=(8, 8, 24, 56))
     workflow = json.loads((ROOT / "workflows" / name).read_text(encoding="utf-8"))
     api = shrink(ui_to_api(workflow, pack.nodes.NODE_CLASS_MAPPINGS), model, lora)
     ui = {}

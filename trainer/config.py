@@ -57,6 +57,9 @@ class TrainConfig:
     weighted_captions: bool = False  # "(word:1.2)" weights in captions scale that word's embedding
     max_token_length: int | None = None  # 75 (None), 150 or 225: captions longer than 75 tokens in chunks
     dataset_config: str = ""  # kohya's dataset TOML ([general], [[datasets]], [[datasets.subsets]])
+    masked_loss: bool = False  # weight the loss by a mask per image (white = train), from conditioning_data_dir
+    alpha_mask: bool = False  # the images' alpha channel is their loss mask (no alpha: the whole image)
+    conditioning_data_dir: str = ""  # with masked_loss: masks named like the images (any image format)
     # network
     network_module: str = "networks.lora"
     network: str = ""  # LoRA | LoCon | LoHa | LoKr | DoRA | OFT: sets network_module / network_args for it
@@ -227,6 +230,9 @@ class TrainConfig:
         if self.release_text_encoder and self.sample_prompts:
             raise TrainerError("release_text_encoder leaves nothing to encode sample prompts with: "
                                "remove sample_prompts or keep the text encoder.")
+        if self.conditioning_data_dir and not self.masked_loss:
+            raise TrainerError("conditioning_data_dir holds the masks of masked_loss: also set masked_loss = true "
+                               "(or remove conditioning_data_dir).")
         if self.cache_latents and (self.flip_aug or self.color_aug or self.random_crop):
             raise TrainerError("cache_latents encodes each image once, so flip_aug, color_aug and random_crop "
                                "cannot vary it: turn caching or the augmentation off.")

@@ -39,14 +39,14 @@ def config_from_file(path) -> TrainConfig:
 
 
 def _paths_beside(values: dict, folder: Path) -> dict:
-    """A relative dataset_config names a file beside the config when there is one there, else one
-    in the working directory (kohya's only place)."""
+    """A relative dataset_config (or conditioning_data_dir) names a file beside the config when there
+    is one there, else one in the working directory (kohya's only place)."""
     out = {}
     for key, value in values.items():
         if isinstance(value, dict):
             value = _paths_beside(value, folder)
-        elif key == "dataset_config" and value and not Path(value).expanduser().is_absolute() \
-                and (folder / value).is_file():
+        elif key in ("dataset_config", "conditioning_data_dir") and value and isinstance(value, str) \
+                and not Path(value).expanduser().is_absolute() and (folder / value).exists():
             value = str(folder / value)
         out[key] = value
     return out

@@ -141,10 +141,6 @@ ANSWERS: dict[str, Alias | Note | Refusal] = {
     "debug_dataset": Refusal("debug_dataset shows kohya's dataset instead of training: remove it to train"),
     "face_crop_aug_range": Refusal("face-centred crop augmentation is not available: remove it (Smart Crop "
                                    "can crop faces before training)"),
-    "masked_loss": Refusal("masked loss is not available yet: remove masked_loss"),
-    "alpha_mask": Refusal("alpha-channel masks are not available yet: remove alpha_mask"),
-    "conditioning_data_dir": Refusal("mask / conditioning images are not available yet: remove "
-                                     "conditioning_data_dir"),
     "resume_from_huggingface": Refusal("states are not downloaded from the Hub here: download the state folder "
                                        "and set resume to it"),
     "initial_epoch": Refusal("starting the count at a later epoch is not available: to continue a run, use "

@@ -42,6 +42,8 @@ class ImageItem:
     # kohya's subset (subsets.py) with its caption, augmentation and resolution settings; None:
     # the run's TrainConfig applies
     subset: Subset | None = None
+    # the loss mask (masks.py): a mask file, masks.ALPHA (the image's alpha channel) or None
+    mask: Path | str | None = None
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Dataset:
     root: Path
     items: list[ImageItem]
     notes: list[str] = field(default_factory=list)  # skipped files, ignored folders
+    trigger: str = ""  # the caption of root images without a caption file (Dataset Merge: class_tokens)
 
     @property
     def train_items(self) -> list[ImageItem]:
@@ -192,8 +195,7 @@ def load_dataset(root, repeats: int = 1, trigger_word: str = "", caption_extensi
         raise TrainerError(
             f"No training images in {root}{skipped}. Add .png/.jpg/.webp images (with same-name "
             f"{caption_extension} captions), or kohya-style subfolders such as 10_mychar/.")
-    return Dataset(root, items, notes)
-
+    return Dataset(root, items, notes, trigger_word)
 
 
 def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -223,4 +225,4 @@ def add_regularization(dataset: Dataset, reg_dir, repeats: int = 1, class_token:
     for item in regs.items:
         item.is_reg = True
     notes = dataset.notes + [f"regularization: {n}" for n in regs.notes]
-    return Dataset(dataset.root, dataset.items + regs.items, notes)
+    return Dataset(dataset.root, dataset.items + regs.items, notes, dataset.trigger)

@@ -24,6 +24,7 @@ class FittedImage:
     pixels: torch.Tensor  # [3, H, W] in -1..1
     original_size: tuple[int, int]  # (height, width) before resizing, for SDXL/Kolors time ids
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+    mask: torch.Tensor | None = None  # [1, H, W] in 0..1: the loss mask through the same geometry
 
 
 class UnreadableImage(TrainerError):
@@ -118,11 +119,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """(width, height) an image of ``size`` is resized to so it covers width x height, keeping its
+    aspect ratio (fit_center, augment.fit_random, and the masks that follow them)."""
+    scale = max(width / size[0], height / size[1])
+    return max(width, round(size[0] * scale)), max(height, round(size[1] * scale))
+
+
 def fit_center(img: Image.Image, width: int, height: int) -> tuple[Image.Image, tuple[int, int]]:
     """Resize to cover width x height, keep the aspect ratio, crop the centre; return the crop's
     (top, left) in the resized image."""
-    scale = max(width / img.width, height / img.height)
-    new_w, new_h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
+    new_w, new_h = cover_size(img.size, width, height)
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling.LANCZOS)
     top, left = (new_h - height) // 2, (new_w - width) // 2

@@ -123,7 +123,8 @@ def _subset(part: DatasetPart, get: _Cascade, base: Path) -> Subset:
         part, str(_path(image_dir, base)) if image_dir else "", str(_path(metadata, base)) if metadata else "",
         int(get("num_repeats", 1)), get("class_tokens") or "", bool(get("is_reg", False)),
         extension if not extension or extension.startswith(".") else "." + extension,
-        alpha_mask=bool(get("alpha_mask", False)), conditioning_data_dir=get("conditioning_data_dir") or "")
+        alpha_mask=bool(get("alpha_mask", False)),
+        conditioning_data_dir=str(_path(get("conditioning_data_dir"), base)) if get("conditioning_data_dir") else "")
     for name in ("shuffle_caption", "caption_separator", "keep_tokens", "keep_tokens_separator",
                  "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix",
                  "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
@@ -266,10 +267,8 @@ def dataset_from_user_config(user: dict, config, base: Path, source: str = "data
 
 
 def _note_no_effect(subset: Subset, name: str, notes: list[str]) -> None:
-    values = dict(subset.extra, alpha_mask=subset.alpha_mask,
-                  conditioning_data_dir=subset.conditioning_data_dir or None)
     for key, (unchanged, why) in NO_EFFECT.items():
-        if values.get(key) not in (None, unchanged):
+        if subset.extra.get(key) not in (None, unchanged):
             notes.append(f"{name}: {why}")
 
 

@@ -48,10 +48,6 @@ NO_EFFECT = {
     "validation_split": (0.0, "per-dataset validation_split is not supported here: set validation_split in the "
                               "training config (it holds out images of every dataset)"),
     "validation_seed": (None, "validation_seed: the training config's seed chooses the held-out images here"),
-    "alpha_mask": (False, "alpha_mask: masked loss is not supported yet, transparent pixels are flattened on "
-                          "white and train like the rest"),
-    "conditioning_data_dir": (None, "conditioning_data_dir: masked loss is not supported yet, the masks are "
-                                    "not read"),
 }
 
 KINDS = {"bool": "true or false", "int": "a whole number", "number": "a number", "str": "a string in quotes",

@@ -38,6 +38,7 @@ from .caption_encoding import caption_problem, read_caption_file
 from .caption_files import _caption_path
 from .dataset import CAPTION_LISTS, KOHYA_FOLDER
 from .images import IMAGE_EXTENSIONS, open_rgb
+from .report_masks import MaskFindings, mask_findings
 DUP_THRESHOLD = 6
 SIZE_BANDS = (0, 512, 768, 1024, 1536, 2048)  # shorter-side bands: "<512", "512-767", ..., ">=2048"
 
@@ -92,6 +93,8 @@ class Report:
     unreadable_images: list[tuple[Path, str]] = field(default_factory=list)
     caption_problems: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    masks: MaskFindings = field(default_factory=MaskFindings)  # loss masks: coverage and warnings
+    parts: list[str] = field(default_factory=list)  # several datasets (Dataset Merge): each one's count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +218,12 @@ def dataset_report(source, resolution=1024, epochs: int = 1, batch_size: int = 1
                    caption_extension: str = ".txt", enable_bucket: bool = False, min_bucket_reso: int = 256,
                    max_bucket_reso: int = 1024, bucket_reso_steps: int = 64, bucket_no_upscale: bool = False,
                    gradient_accumulation_steps: int = 1, dup_threshold: int = DUP_THRESHOLD,
-                   top_tags: int = 20) -> Report:
+                   top_tags: int = 20, alpha_mask: bool = False) -> Report:
     """Report on ``source``: a dataset folder (laid out as load_dataset reads it; ``repeats`` for
-    images in its root) or a loaded Dataset (regularization images count in the steps only)."""
+    images in its root) or a loaded Dataset (regularization images count in the steps only).
+    A Dataset's loss masks are reported (``alpha_mask``: images without a mask file use their
+    alpha channel); with several datasets (Dataset Merge) the steps are the trainer's count, per
+    dataset at its own settings."""
     if epochs < 1 or batch_size < 1 or gradient_accumulation_steps < 1:
         raise TrainerError("epochs, batch_size and gradient_accumulation_steps must be 1 or more.")
     res = _parse_resolution(resolution)
@@ -289,6 +295,12 @@ def dataset_report(source, resolution=1024, epochs: int = 1, batch_size: int = 1
         buckets = None
     steps_per_epoch = math.ceil(batches / gradient_accumulation_steps)
 
+    masks, parts = MaskFindings(), []
+    if not isinstance(source, (str, Path)):
+        masks = mask_findings(_with_alpha(source.items) if alpha_mask else source.items)
+        parts, counted = _part_counts(source, res, epochs, batch_size, gradient_accumulation_steps)
+        if counted:
+            samples, steps_per_epoch = counted
     return Report(
         root=root, resolution=res, images=len(train), captioned=sum(i.caption_state == "ok" for i in train),
         missing_captions=[i.path for i in train if i.caption_state == "missing"],
@@ -298,7 +310,34 @@ def dataset_report(source, resolution=1024, epochs: int = 1, batch_size: int = 1
         near_duplicates=near_duplicates([(i.path, i.phash) for i in train + regs], dup_threshold),
         dup_threshold=dup_threshold, tag_frequency=top, epochs=epochs, batch_size=batch_size,
         samples_per_epoch=samples, steps_per_epoch=steps_per_epoch, estimated_steps=steps_per_epoch * epochs,
-        reg_images=len(regs), unreadable_images=unreadable, caption_problems=caption_problems, notes=notes)
+        reg_images=len(regs), unreadable_images=unreadable, caption_problems=caption_problems, notes=notes,
+        masks=masks, parts=parts)
+
+
+def _with_alpha(items) -> list:
+    from dataclasses import replace
+
+    from .masks import ALPHA
+
+    return [item if item.mask is not None else replace(item, mask=ALPHA) for item in items]
+
+
+def _part_counts(dataset, res, epochs: int, batch_size: int, accumulation: int):
+    """(one line per dataset, (samples, steps per epoch)) as the trainer counts a merged dataset
+    (its keys, the rest from these settings); ([], None) without several datasets."""
+    from ..config import TrainConfig
+    from ..train.bucketing import assign_buckets, part_lines, steps_per_epoch
+    from .merge import resolve_parts
+    from .subsets import parts_of
+
+    if not parts_of(dataset.items):
+        return [], None
+    config = TrainConfig(resolution=f"{res[0]},{res[1]}", train_batch_size=batch_size, max_train_epochs=epochs,
+                         gradient_accumulation_steps=accumulation)
+    resolved = resolve_parts(dataset, config)
+    buckets = assign_buckets(resolved, config)
+    batches = steps_per_epoch(resolved, buckets, batch_size)
+    return part_lines(resolved, buckets), (resolved.num_samples, math.ceil(batches / accumulation))
 
 
 def _band_names() -> list[str]:

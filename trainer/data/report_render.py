@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .report import Report
+from .report_masks import mask_lines
 def _rel(path: Path, root: Path) -> str:
     try:
         return Path(path).relative_to(root).as_posix()
@@ -31,6 +32,7 @@ def report_lines(report: Report, limit: int = 10) -> list[str]:
     how = " (rounded up per bucket)" if r.buckets else ""
     lines.append(f"steps: {r.samples_per_epoch} samples / batch {r.batch_size}{how} -> {r.steps_per_epoch} per epoch "
                  f"x {r.epochs} epochs = {r.estimated_steps}")
+    lines += listing("datasets (each at its own settings):", r.parts)
     lines.append("shorter side: " + ", ".join(f"{k}: {v}" for k, v in r.size_histogram.items())
                  + " | " + ", ".join(f"{k} {v}" for k, v in sorted(r.orientation.items())))
     if r.buckets:
@@ -39,6 +41,7 @@ def report_lines(report: Report, limit: int = 10) -> list[str]:
                      [f"{rel(p)} {w}x{h} (x{f:g})" for p, (w, h), f in r.small_images])
     lines += listing(f"near-duplicates (phash distance <= {r.dup_threshold}):",
                      [f"{rel(a)} ~ {rel(b)} (distance {d})" for a, b, d in r.near_duplicates])
+    lines += mask_lines(r.masks, rel, listing)
     lines += listing("top tags (images):", [f"{t}: {n}" for t, n in r.tag_frequency])
     lines += listing("missing captions:", [rel(p) for p in r.missing_captions])
     lines += listing("empty captions:", [rel(p) for p in r.empty_captions])
@@ -70,7 +73,10 @@ def report_image(report: Report, width: int = 720) -> Image.Image:
     info = [f"{r.samples_per_epoch} samples/epoch, batch {r.batch_size}, {r.epochs} epochs, "
             f"{r.steps_per_epoch} steps/epoch, training {r.resolution[0]}x{r.resolution[1]}"]
     info += [f"{f.name}: {f.images} x {f.repeats} repeats" for f in r.folders[:6]]
-    warnings = []
+    info += [line[:110] for line in r.parts[:4]]
+    if r.masks.coverage:
+        info.append(f"loss masks: {len(r.masks.coverage)} images, mean coverage {100 * r.masks.mean_coverage:.0f}%")
+    warnings = list(r.masks.warnings())
     if r.missing_captions or r.empty_captions:
         warnings.append(f"{len(r.missing_captions)} missing / {len(r.empty_captions)} empty captions")
     if r.small_images:

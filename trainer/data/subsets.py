@@ -6,7 +6,7 @@ flag, caption and augmentation settings), and each subset to a ``DatasetPart`` (
 [[datasets]]: the resolution, buckets and batch size its images train at). Items without a
 subset (a plain train_data_dir, a manifest from before subsets) use the run's TrainConfig, as
 before. Read by kohya_dataset_config.py (kohya's dataset TOML) and meant for a "Dataset Merge"
-node: each merged dataset becomes one part with its own subsets.
+node (merge.py): each merged dataset becomes one part with its own subsets.
 
 Items point to the objects themselves (not to indices), so a node that rebuilds a Dataset from
 some of its items keeps every item's settings. The caption and augmentation fields carry
@@ -32,6 +32,9 @@ class DatasetPart:
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
     name: str = ""  # how messages name it, e.g. "datasets 2"
+    # Dataset Merge (merge.py): the kohya keys set in the graph, the rest following the run's settings
+    # once known (merge.resolve_parts); None: every value above is final (a dataset_config's)
+    given: dict | None = None
 
 
 # a Subset's fields read per sample, under TrainConfig's names (caption_for, augmentation)
@@ -69,7 +72,7 @@ class Subset:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
-    # kept for masked loss (alpha channel / a mask folder); not used for training yet
+    # masked loss (data/masks.py): the images' alpha channel, or a folder of masks named like them
     alpha_mask: bool = False
     conditioning_data_dir: str = ""
     # kohya's other subset keys, kept as given (kohya_dataset_config notes what they do not do here)

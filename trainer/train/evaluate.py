@@ -13,7 +13,8 @@ from .step import batch_time_ids, diffusion_loss, sample_noise
 
 def dataset_loss(model, dataset: Dataset, width: int, height: int, seed: int = 0, draws: int = 4,
                  mixed_precision: str = "no", clip_skip: int | None = None, text_options: dict | None = None) -> float:
-    """Mean diffusion loss over every image x ``draws`` (noise, timestep) pairs fixed by ``seed``.
+    """Mean diffusion loss over every image x ``draws`` (noise, timestep) pairs fixed by ``seed``;
+    items with a loss mask count its part only (kohya's masked loss).
     text_options: the run's max_token_length / weighted (caption_options.text_options)."""
     device = model.unet.device
     _, autocast = resolve_precision(mixed_precision, device)
@@ -28,7 +29,8 @@ def dataset_loss(model, dataset: Dataset, width: int, height: int, seed: int = 0
             cond = text_from.batch([item.caption] * draws, device)
             time_ids = batch_time_ids(model.family, batch, width, height)
             noise, timesteps = sample_noise(batch.latents, gen, scheduler.config.num_train_timesteps)
-            total += float(diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast))
+            total += float(diffusion_loss(model, scheduler, batch.latents, cond, time_ids, noise, timesteps, autocast,
+                                          masks=batch.masks))
     return total / max(len(dataset.items), 1)
 
 

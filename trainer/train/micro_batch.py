@@ -27,6 +27,7 @@ class MicroBatch:
     timesteps: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     input_noise: torch.Tensor | None = None  # ip_noise_gamma: the UNet input's noise (target keeps noise)
+    masks: torch.Tensor | None = None  # [b, 1, h, w] loss masks (masked_loss), None: none in this batch
 
 
 def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Generator,
@@ -57,4 +58,4 @@ def draw_micro_batch(global_indices: list[int], mine: slice, run, gen: torch.Gen
     weights = torch.tensor([run.config.prior_loss_weight if run.dataset.items[i].is_reg else 1.0 for i in local])
     return MicroBatch(local, len(local) / count, batch.latents, run.text_from.batch(captions, run.device),
                       batch_time_ids(run.family, batch, run.width, run.height), noise[mine], timesteps[mine],
-                      weights, None if input_noise is None else input_noise[mine])
+                      weights, None if input_noise is None else input_noise[mine], batch.masks)

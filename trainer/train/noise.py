@@ -167,12 +167,13 @@ def huber_threshold(scheduler, timesteps: torch.Tensor, huber_c: float = 0.1, hu
 
 
 def diffusion_loss_fn(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                      huber_c: float | torch.Tensor = 0.1) -> torch.Tensor:
+                      huber_c: float | torch.Tensor = 0.1, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample loss [B] (mean over every dim but the batch), computed in fp32, so per-sample
     weights (min-SNR) can be applied before the final ``.mean()``.
 
     l2: (a-b)^2; l1: |a-b|; huber: 2c(sqrt((a-b)^2 + c^2) - c), about (a-b)^2 for |a-b| << c and
-    2c|a-b| for |a-b| >> c; smooth_l1: 2(sqrt((a-b)^2 + c^2) - c). ``huber_c`` a float or [B]."""
+    2c|a-b| for |a-b| >> c; smooth_l1: 2(sqrt((a-b)^2 + c^2) - c). ``huber_c`` a float or [B].
+    ``masks`` [B, 1, H, W]: kohya's masked loss (masked_loss.py) before the mean."""
     kind = (loss_type or "l2").lower()
     if kind not in LOSS_TYPES:
         raise TrainerError(f"loss_type '{loss_type}' is not one of {', '.join(LOSS_TYPES)}.")
@@ -192,4 +193,8 @@ def diffusion_loss_fn(pred: torch.Tensor, target: torch.Tensor, loss_type: str =
         sq = (a - b) ** 2
         root = sq / (torch.sqrt(sq + c ** 2) + c)  # = sqrt(sq + c^2) - c, without fp32 cancellation
         elem = 2 * c * root if kind == "huber" else 2 * root
+    if masks is not None:
+        from .masked_loss import apply_masked_loss
+
+        elem = apply_masked_loss(elem, masks)
     return elem.reshape(elem.shape[0], -1).mean(dim=1)

@@ -18,6 +18,8 @@ from ..data.augment import Augment
 from ..data.dataset import Dataset, add_regularization, load_dataset, split_validation
 from ..data.kohya_dataset_config import load_dataset_config
 from ..data.manifest import read_manifest
+from ..data.masks import masks_for_run
+from ..data.merge import resolve_parts
 from ..errors import TrainerError
 from ..lora.builders import Network, network_builder, trained_text_encoders
 from ..models.loader import LoadedModel, load_model
@@ -183,8 +185,13 @@ def _dataset(config: TrainConfig, dataset: Dataset | None, cb: Callbacks) -> tup
                                config.caption_extension)
     if config.reg_data_dir and not config.dataset_config and not any(item.is_reg for item in dataset.items):
         dataset = add_regularization(dataset, config.reg_data_dir, 1, "", config.caption_extension)
+    dataset = resolve_parts(dataset, config)  # merged datasets: their unset keys follow this run's settings
+    dataset = masks_for_run(dataset, config)  # the loss masks (masked_loss / alpha_mask, or the graph's)
     for note in dataset.notes:  # after the regularization folder joined: its notes too
         cb.log(f"note: {note}")
+    masked = sum(item.mask is not None for item in dataset.items)
+    if masked:
+        cb.log(f"masked loss: {masked} of {len(dataset.items)} images weight their loss by a mask (white = train)")
     return split_validation(dataset, config.validation_split, config.seed)
 
 

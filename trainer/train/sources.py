@@ -19,9 +19,10 @@ import torch
 
 from ..atomic import save_safetensors
 from ..data.dataset import Dataset
-from ..data.augment import Augment, augment_pixels, load_augmented
+from ..data.augment import Augment, Geometry, augment_image, fit_image
 from ..data.buckets import apply_bucket
-from ..data.images import FittedImage, UnreadableImage, load_fitted, open_rgb, to_tensor, unreadable_message
+from ..data.images import FittedImage, UnreadableImage, cover_size, open_rgb, to_tensor, unreadable_message
+from ..data.masks import fit_mask, mask_image, to_latent_size
 from ..errors import TrainerError
 from ..families import Conditioning
 
@@ -32,6 +33,7 @@ class LatentBatch:
     original_sizes: list[tuple[int, int]]
     crops: list[tuple[int, int]]
     target_size: tuple[int, int] | None = None  # (height, width) of the images, for time ids
+    masks: torch.Tensor | None = None  # [B, 1, h, w] loss masks at latent size (masked_loss), None: no mask
 
 
 def model_key(model) -> str:
@@ -114,11 +116,13 @@ class LatentSource:
             from safetensors.torch import load_file
 
             t = load_file(str(path))
-            entry = (t["mean"], t["std"], tuple(t["original_size"].tolist()), tuple(t["crop"].tolist()))
+            entry = (t["mean"], t["std"], tuple(t["original_size"].tolist()), tuple(t["crop"].tolist()),
+                     self._latent_mask(self._cached_geometry_mask(index), t["mean"].shape[-2:]))
         else:
             fitted = self._fit(index)
             mean, std = self._encode(fitted.pixels[None])
-            entry = (mean[0], std[0], fitted.original_size, fitted.crop_top_left)
+            entry = (mean[0], std[0], fitted.original_size, fitted.crop_top_left,
+                     self._latent_mask(fitted.mask, mean.shape[-2:]))
             if path is not None:
                 save_safetensors(path, {"mean": entry[0], "std": entry[1],
                                         "original_size": torch.tensor(entry[2]), "crop": torch.tensor(entry[3])})
@@ -152,14 +156,23 @@ class LatentSource:
             mean = torch.stack([e[0] for e in entries])
             std = torch.stack([e[1] for e in entries])
             sizes, crops = [e[2] for e in entries], [e[3] for e in entries]
+            masks = [e[4] for e in entries]
         else:
             fitted = [self._fit(i, rng) for i, rng in zip(indices, rngs or [self.rng] * len(indices))]
             mean, std = self._encode(torch.stack([f.pixels for f in fitted]))
             sizes, crops = [f.original_size for f in fitted], [f.crop_top_left for f in fitted]
+            masks = [self._latent_mask(f.mask, mean.shape[-2:]) for f in fitted]
         if eps is None:
             eps = torch.zeros_like(mean) if generator is None else torch.randn(mean.shape, generator=generator)
         target = self._target(indices[0])
-        return LatentBatch(_scale(self.model.vae, mean, std, eps).to(device), sizes, crops, target)
+        stacked = None
+        if any(m is not None for m in masks):  # kohya: the batch's images without a mask weigh 1 everywhere
+            stacked = torch.stack([torch.ones((1, *mean.shape[-2:])) if m is None else m for m in masks]).to(device)
+        return LatentBatch(_scale(self.model.vae, mean, std, eps).to(device), sizes, crops, target, stacked)
+
+    @staticmethod
+    def _latent_mask(mask: torch.Tensor | None, latent_hw) -> torch.Tensor | None:
+        return None if mask is None else to_latent_size(mask, tuple(latent_hw))
 
     def latent_shape(self, index: int) -> tuple[int, int, int]:
         """(channels, height, width) of item ``index``'s latent, known before encoding it."""
@@ -173,23 +186,54 @@ class LatentSource:
         return height, width
 
     def _fit(self, index: int, rng=None):
-        """The image fitted to its bucket (or the training size), augmented when asked."""
-        path, rng, augment = self.dataset.items[index].path, rng or self.rng, self._augment(index)
+        """The image fitted to its bucket (or the training size), augmented when asked; its loss
+        mask through the same resize, crop and flip."""
+        item = self.dataset.items[index]
+        path, rng, augment = item.path, rng or self.rng, self._augment(index)
         if self.buckets and index in self.buckets:
             img = open_rgb(path)
             original, choice = (img.height, img.width), self.buckets[index]
-            return FittedImage(to_tensor(augment_pixels(apply_bucket(img, choice), augment, rng)),
-                               original, choice.crop_top_left)
-        if augment.active:
-            fitted = load_augmented(path, *self._size(index), augment, rng)
+            pixels, flipped = augment_image(apply_bucket(img, choice), augment, rng)
+            fitted = FittedImage(to_tensor(pixels), original, choice.crop_top_left)
+            geometry = Geometry(choice.resized_size, choice.crop_top_left, choice.bucket, flipped)
+            img_size = img.size
         else:
-            fitted = load_fitted(path, *self._size(index))
-        item = self.dataset.items[index]
-        if item.source_size:  # a Smart Crop file: time ids describe the crop in its source
-            top, left = item.source_crop
-            fitted = FittedImage(fitted.pixels, item.source_size,
-                                 (top + fitted.crop_top_left[0], left + fitted.crop_top_left[1]))
+            fitted, geometry = fit_image(path, *self._size(index), augment, rng)
+            img_size = (fitted.original_size[1], fitted.original_size[0])
+            if item.source_size:  # a Smart Crop file: time ids describe the crop in its source
+                top, left = item.source_crop
+                fitted = FittedImage(fitted.pixels, item.source_size,
+                                     (top + fitted.crop_top_left[0], left + fitted.crop_top_left[1]))
+        fitted.mask = self._mask(index, geometry, img_size)
         return fitted
+
+    def _mask(self, index: int, geometry, img_size: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """Item ``index``'s mask through ``geometry`` (a Geometry, or a function of the image size
+        giving one); None when the item has no mask."""
+        mask = mask_image(self.dataset.items[index])
+        if mask is None:
+            return None
+        if img_size is not None and mask.size != tuple(img_size):
+            raise TrainerError(f"The mask of {self.dataset.items[index].path} is {mask.size[0]}x{mask.size[1]}, the "
+                               f"image {img_size[0]}x{img_size[1]}: a mask must have its image's size.")
+        g = geometry if isinstance(geometry, Geometry) else geometry(mask.size)
+        return fit_mask(mask, g.resized_size, g.top_left, g.size, g.flipped)
+
+    def _cached_geometry_mask(self, index: int) -> torch.Tensor | None:
+        """The mask of a latent read from the disk cache: caching allows no random crop or flip, so
+        the geometry is the bucket's or the centre crop's."""
+        if self.dataset.items[index].mask is None:
+            return None
+        if self.buckets and index in self.buckets:
+            choice = self.buckets[index]
+            return self._mask(index, Geometry(choice.resized_size, choice.crop_top_left, choice.bucket))
+        width, height = self._size(index)
+
+        def centre(size):
+            resized = cover_size(size, width, height)
+            return Geometry(resized, ((resized[1] - height) // 2, (resized[0] - width) // 2), (width, height))
+
+        return self._mask(index, centre)
 
 
 def diffusers_clip_skip(clip_skip: int) -> int | None:

@@ -37,10 +37,11 @@ def draw_input_noise(noise: torch.Tensor, generator: torch.Generator, config) ->
 
 def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, autocast,
                    config=None, sample_weights: torch.Tensor | None = None,
-                   input_noise: torch.Tensor | None = None) -> torch.Tensor:
+                   input_noise: torch.Tensor | None = None, masks: torch.Tensor | None = None) -> torch.Tensor:
     """Loss between the UNet's prediction and the target (epsilon, or v for v-prediction): MSE,
     or the config's loss_type, weighted as kohya weights it (loss_weights.py).
-    ``input_noise`` (ip_noise_gamma) noises the input instead of ``noise``; the target keeps ``noise``."""
+    ``input_noise`` (ip_noise_gamma) noises the input instead of ``noise``; the target keeps ``noise``.
+    ``masks`` [B, 1, H, W] (white = train): kohya's masked loss (masked_loss.py)."""
     unet = model.unet
     noisy = scheduler.add_noise(latents, noise if input_noise is None else input_noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
@@ -55,11 +56,13 @@ def diffusion_loss(model, scheduler, latents, cond, time_ids, noise, timesteps, 
     with autocast:
         pred = unet(noisy.to(dtype), timesteps.to(device), **kwargs).sample
     if config is None:
+        if masks is not None:
+            return diffusion_loss_fn(pred, target, "l2", masks=masks).mean()
         return F.mse_loss(pred.float(), target.float())
     huber_c = config.huber_c
     if config.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_threshold(scheduler, timesteps, config.huber_c, config.huber_schedule, config.huber_scale)
-    per_sample = diffusion_loss_fn(pred, target, config.loss_type, huber_c)
+    per_sample = diffusion_loss_fn(pred, target, config.loss_type, huber_c, masks)
     return apply_loss_weights(per_sample, scheduler, timesteps, config, sample_weights).mean()
 
 
