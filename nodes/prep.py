@@ -105,7 +105,10 @@ class SmartCrop:
     RETURN_TYPES = ("LT_DATASET", "STRING")
     RETURN_NAMES = ("dataset", "summary")
     FUNCTION = "crop"
-    DESCRIPTION = "Crops every image to one size keeping the subject (faces, then salient content)."
+    DESCRIPTION = ("Crops every image to one size keeping the subject (faces, then salient or in-focus content, "
+                   "else the centre). The preview shows each chosen window (red) on the original picture, with "
+                   "the subject box (yellow), faces (blue) and the cue that decided.")
+    PREVIEW_LIMIT = 12  # pictures drawn in the preview (the summary lists every image)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -122,33 +125,60 @@ class SmartCrop:
     def crop(self, dataset, mode, size, custom_width, custom_height):
         import hashlib
 
-        from ..trainer.atomic import save_image
-        from ..trainer.data.smart_crop import smart_crop
+        from ..trainer.data.crop_preview import cue_name, draw_crop
+        from ..trainer.data.face_detect import face_detector_note
         from ..trainer.data.images import open_rgb
-        from ..trainer.data.subject_detect import face_detector_note
+        from ..trainer.data.smart_crop import smart_crop
+        from .images import grid, preview
 
         width, height = (custom_width, custom_height) if size == "custom" else map(int, size.split("x"))
         key = hashlib.sha256(f"{dataset.root}|{mode}|{width}x{height}".encode()).hexdigest()[:12]
         out_root = comfy_env.output_dir() / "lora_trainer" / "prepared" / key
         bar = comfy_env.Progress(len(dataset.items))
-        items, upscaled, methods = [], 0, {}
+        items, upscaled, methods, lines, drawn = [], 0, {}, [], []
         for n, item in enumerate(dataset.items, 1):
             comfy_env.raise_if_interrupted()
-            result = smart_crop(open_rgb(item.path), width, height, mode)
+            original = open_rgb(item.path)
+            result = smart_crop(original, width, height, mode)
             rel = item.path.relative_to(dataset.root) if dataset.root in item.path.parents else Path(item.path.name)
-            target = save_image((out_root / rel).with_suffix(".png"), result.image)
+            target, mask = crop_with_mask(item, result, (out_root / rel).with_suffix(".png"),
+                                          (out_root.with_name(key + "_masks") / rel).with_suffix(".png"))
             items.append(replace(item, path=target, size=(width, height), source_size=result.original_size,
-                                 source_crop=result.crop_top_left))
+                                 source_crop=result.crop_top_left, mask=mask))
             upscaled += result.upscaled
-            methods[result.method] = methods.get(result.method, 0) + 1
+            methods[cue_name(result)] = methods.get(cue_name(result), 0) + 1
+            lines.append(f"{rel.as_posix()}: {cue_name(result)}")
+            if len(drawn) < self.PREVIEW_LIMIT:
+                drawn.append(draw_crop(original, result))
             bar.update(n)
-        summary = (f"{len(items)} images cropped to {width}x{height} ({mode}): "
+        summary = (f"{len(items)} images cropped to {width}x{height} ({mode}), decided by "
                    + ", ".join(f"{k} {v}" for k, v in sorted(methods.items()))
                    + (f"; {upscaled} small images were upscaled" if upscaled else ""))
         note = face_detector_note() if mode == "focus" else None
         if note:  # e.g. OpenCV 5 without a face model: say so where the user looks
             summary += "\n" + note
-        return (replace(dataset, items=items), summary)
+        summary += "\n" + "\n".join(lines)
+        images = preview(grid(drawn, cell=256, columns=4)) if drawn else []
+        return {"ui": {"images": images, "text": [summary]}, "result": (replace(dataset, items=items), summary)}
+
+
+def crop_with_mask(item, result, target: Path, mask_target: Path):
+    """Save Smart Crop's ``result`` at ``target``; the item's loss mask cropped the same way at
+    ``mask_target`` (a folder of its own: never scanned as images), an alpha channel kept in the PNG
+    (alpha_mask reads it). Returns (image, mask or None)."""
+    from ..trainer.atomic import save_image
+    from ..trainer.data.masks import mask_image, read_alpha
+    from ..trainer.data.smart_crop import crop_mask
+
+    image, mask = result.image, None
+    if item.mask is not None:
+        mask = save_image(mask_target, crop_mask(mask_image(item), result))
+    else:
+        alpha = read_alpha(item.path)
+        if alpha is not None:
+            image = image.copy()
+            image.putalpha(crop_mask(alpha, result))
+    return save_image(target, image), mask
 
 
 class CaptionEditor:
@@ -191,7 +221,8 @@ class DatasetReport:
     RETURN_NAMES = ("report_image", "report")
     FUNCTION = "report"
     OUTPUT_NODE = True
-    DESCRIPTION = "Counts, sizes, small images, near-duplicates, missing captions, tag frequency, estimated steps."
+    DESCRIPTION = ("Counts, sizes, small images, near-duplicates, missing captions, tag frequency, loss-mask coverage, "
+                   "estimated steps (per dataset after Dataset Merge).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -200,14 +231,30 @@ class DatasetReport:
             "resolution": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "Training size."}),
             "epochs": ("INT", {"default": 10, "min": 1, "max": 1000, "tooltip": "For the step estimate."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "For the step estimate."}),
+        }, "optional": {
+            "options": ("LT_OPTIONS", {"tooltip": "Training Options going to LoRA Train: the report then reads "
+                                       "masked_loss, alpha_mask and conditioning_data_dir as training will."}),
         }}
 
-    def report(self, dataset, resolution, epochs, batch_size):
+    def report(self, dataset, resolution, epochs, batch_size, options=None):
         from ..trainer.data.report import dataset_report
         from ..trainer.data.report_render import report_image, report_text
         from .images import preview, to_image_tensor
 
+        problem = None
+        if options:
+            from ..trainer.config import TrainConfig
+            from ..trainer.data.masks import masks_for_run
+            from ..trainer.data.merge import resolve_parts
+
+            config = TrainConfig.from_dict(dict(options), source="Training Options")
+            try:
+                dataset = masks_for_run(resolve_parts(dataset, config), config)
+            except TrainerError as err:  # e.g. masked_loss without a mask anywhere: a finding, shown
+                problem = str(err)
         rep = dataset_report(dataset, resolution, epochs, batch_size)
+        if problem:
+            rep.notes.insert(0, f"warning: {problem}")
         card = report_image(rep)
         text = report_text(rep)
         return {"ui": {"images": preview(card), "text": [text]}, "result": (to_image_tensor(card), text)}

@@ -52,7 +52,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    run = cli("demo", "--out", tmp_path / "demo", "--epochs", 1, "--family", "sd15")
+    run = cli("demo", "--out", tmp_path / "demo", "--epochs", 1, "--pretrain-steps", 2, "--family", "sd15")
     assert run.returncode == 0, run.stderr
     for name in ("lora", "loss_chart", "sample_before", "sample_after", "before_after"):
         line = next(l for l in run.stdout.splitlines() if l.strip().startswith(name + " "))

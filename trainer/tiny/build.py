@@ -3,7 +3,8 @@
 ``write_tiny_model(family, folder)`` writes a diffusers folder (model_index.json, unet/, vae/,
 text_encoder(s)/, tokenizer(s)/, scheduler/); ``write_tiny_checkpoint(family, file)`` writes the
 single-file (LDM/SGM key layout) .safetensors that ComfyUI users keep in models/checkpoints.
-Weights are random but seeded, so every output is finite and every run is the same.
+Weights are random but seeded, so every output is finite and every run is the same, except the
+VAE's: it is set analytically (vae_weights.py) so that it really reconstructs pictures.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from ..families import get_family
 from . import configs
 from .tokenizers import clip_vocab_size, write_chatglm_tokenizer, write_clip_tokenizer
+from .vae_weights import make_reconstructing
 
 CHATGLM_VOCAB = 64
 
@@ -77,6 +79,7 @@ def build_tiny_parts(family_name: str, tokenizer_folder: Path, seed: int = 0) ->
             unet_config = configs.UNET_SD15
     parts["unet"] = UNet2DConditionModel(**unet_config)
     parts["vae"] = AutoencoderKL(**configs.VAE)
+    make_reconstructing(parts["vae"])  # analytic weights: pictures decode to what was encoded
     for module in parts.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

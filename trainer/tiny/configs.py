@@ -16,7 +16,7 @@ VAE = dict(
     up_block_types=["UpDecoderBlock2D"] * 4,
     block_out_channels=[8, 16, 16, 16],
     layers_per_block=1,
-    norm_num_groups=8,
+    norm_num_groups=4,  # pairs of channels per group: vae_weights makes the VAE reconstruct with them
     latent_channels=4,
     sample_size=64,
 )
