@@ -45,7 +45,7 @@ function estimateText(node) {
   const batch = Number(widgetValue(node, "train_batch_size")) || 1;
   const steps = Math.ceil(info.samples / batch) * epochs;
   let text = `total steps ≈ ${info.samples} samples × ${epochs} epochs / ${batch} batch = ${steps}`;
-  if (info.parts) text += ` (${info.parts} datasets; each may set its own batch size)`;
+  if (info.parts) text += ` (${info.parts.join(", ")}; a dataset may set its own batch size)`;
   if (info.widgets !== snapshot(src)) text += ` (${src.type === MERGE ? "Dataset Merge" : "Dataset Loader"} changed since it ran)`;
   else if (node.inputs?.find((i) => i.name === "options")?.link != null)
     text += " (Training Options may change it)";
@@ -212,8 +212,11 @@ app.registerExtension({
       chain(nodeType.prototype, "onExecuted", function (message) {
         const first = String(message?.text?.[0] ?? "").split("\n")[0];
         const m = first.match(/(\d+)\s+images?,\s*(\d+)\s+samples per epoch/);
-        const parts = first.match(/^(\d+)\s+datasets,/);
-        if (m) this.__ltSummary = { images: +m[1], samples: +m[2], parts: parts ? +parts[1] : 0, widgets: snapshot(this) };
+        // Dataset Merge: a line per dataset, "<name>: <folders> -> N samples per epoch ..."
+        const parts = this.type !== MERGE ? [] : String(message?.text?.[0] ?? "").split("\n").slice(1)
+          .map((line) => line.match(/^(.+?): .* -> (\d+) samples per epoch/)).filter(Boolean)
+          .map((p) => `${p[1]}: ${p[2]}`);
+        if (m) this.__ltSummary = { images: +m[1], samples: +m[2], parts: parts.length ? parts : null, widgets: snapshot(this) };
         trainNodes.forEach(refreshEstimate);
       });
     }
