@@ -82,7 +82,7 @@ def test_smart_crop_crops_the_mask_with_its_image_and_keeps_alpha(pack, dirs):
     loader = node(pack, "LT_DatasetLoader")
     dataset = loader.load("wide", 1, "x", ".txt", masks_folder="wide_masks")["result"][0]
     for mode in ("focus", "center", "none"):
-        cropped = node(pack, "LT_SmartCrop").crop(dataset, mode, "custom", 64, 64)[0]
+        cropped = node(pack, "LT_SmartCrop").crop(dataset, mode, "custom", 64, 64)["result"][0]
         a, b = cropped.items
         pixels = np.asarray(Image.open(a.path).convert("L"), np.float32)
         cut = np.asarray(Image.open(a.mask), np.float32)
@@ -93,7 +93,7 @@ def test_smart_crop_crops_the_mask_with_its_image_and_keeps_alpha(pack, dirs):
         assert b.mask is None and Image.open(b.path).mode == "RGBA"  # alpha_mask can still read it
     masks_mod = importlib.import_module(pack.__name__ + ".trainer.data.masks")
     config = importlib.import_module(pack.__name__ + ".trainer.config").TrainConfig(alpha_mask=True)
-    cropped = node(pack, "LT_SmartCrop").crop(dataset, "center", "custom", 64, 64)[0]
+    cropped = node(pack, "LT_SmartCrop").crop(dataset, "center", "custom", 64, 64)["result"][0]
     ready = masks_mod.masks_for_run(cropped, config)
     alpha = masks_mod.mask_image(ready.items[1])
     assert alpha is not None and 0 < np.asarray(alpha).mean() < 255
