@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from ..trainer.errors import TrainerError
 from ..trainer.names import free_file, safe_name
