@@ -28,8 +28,7 @@ def run_session(run_dir: Path, device: str, parallel: bool = False, should_stop=
     stop = lambda: stop_requested(run_dir) or bool(should_stop and should_stop())  # noqa: E731
     lock = None
     try:
-        status = (RunStatus.continue_in if continued else RunStatus)(run_dir, **fields, device=device,
-                                                                     parallel=parallel)
+        status = RunStatus(run_dir, continued, **fields, device=device, parallel=parallel)
         if not parallel:
             def waiting(text):
                 status.update(waiting=text)
@@ -46,7 +45,8 @@ def run_session(run_dir: Path, device: str, parallel: bool = False, should_stop=
             yield status
         except BaseException as err:
             message = str(err) if isinstance(err, TrainerError) else f"{type(err).__name__}: {err}"
-            status.finish("stopped" if stop() else "failed", error=None if stop() else message)
+            stopped = stop()
+            status.finish("stopped" if stopped else "failed", error=None if stopped else message)
             raise
     finally:
         if lock is not None:

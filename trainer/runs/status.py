@@ -34,28 +34,16 @@ def stop_requested(run_dir: Path) -> bool:
 class RunStatus:
     """The status of one run and its writer; ``callbacks()`` feed it from train()."""
 
-    def __init__(self, run_dir: Path, **fields):
+    def __init__(self, run_dir: Path, continued: bool = False, **fields):
+        """A new run's status; with ``continued``, the one a launcher wrote, taken over by the run's process."""
         self.path = Path(run_dir) / STATUS_FILE
-        now = time.time()
-        self.data = {"id": Path(run_dir).name, "state": "queued", "queued_at": now, "started_at": None,
-                     "finished_at": None, "step": 0, "total": 0, "loss": None, "smoothed": None,
-                     "seconds_per_step": None, "eta_seconds": None, "history": [], "history_stride": 1,
-                     "samples": [], "lora": None, "error": None, **fields}
+        fresh = {"id": Path(run_dir).name, "state": "queued", "queued_at": time.time(), "started_at": None,
+                 "finished_at": None, "step": 0, "total": 0, "loss": None, "smoothed": None,
+                 "seconds_per_step": None, "eta_seconds": None, "history": [], "history_stride": 1,
+                 "samples": [], "lora": None, "error": None}
+        self.data = {**((continued and read_status(run_dir)) or fresh), **fields}
         self._first_step: tuple[int, float] | None = None
         self.write()
-
-    @classmethod
-    def continue_in(cls, run_dir: Path, **fields) -> "RunStatus":
-        """The status a launcher wrote, taken over by the run's process."""
-        existing = read_status(run_dir)
-        if not existing:
-            return cls(run_dir, **fields)
-        status = cls.__new__(cls)
-        status.path = Path(run_dir) / STATUS_FILE
-        status.data = {**existing, **fields}
-        status._first_step = None
-        status.write()
-        return status
 
     def write(self) -> None:
         self.data["updated_at"] = time.time()
