@@ -141,6 +141,28 @@ def test_kohyas_refusals_and_warning():
     assert len(logs) == 1 and "warning" in logs[0]
 
 
+@pytest.mark.parametrize("prediction, v_param, warned", [
+    ("epsilon", False, None), ("v_prediction", True, None),
+    ("epsilon", True, "remove v_parameterization"), ("v_prediction", False, "set v_parameterization = true")])
+def test_a_folders_scheduler_prediction_type_is_checked_against_v_parameterization(tmp_path, prediction, v_param,
+                                                                                  warned):
+    """A diffusers folder ships scheduler/scheduler_config.json (SD2-768: "v_prediction"): a
+    v_parameterization that disagrees is pointed out; a single file or no folder says nothing."""
+    import json
+
+    from trainer.models.loaded import check_prediction_type
+
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "EulerDiscreteScheduler", "prediction_type": prediction, "num_train_timesteps": 1000}))
+    logs = []
+    check_prediction_type(tmp_path, v_param, logs.append)
+    assert logs == [] if warned is None else (len(logs) == 1 and warned in logs[0])
+    check_prediction_type(tmp_path / "model.safetensors", v_param, logs.append)
+    check_prediction_type("", v_param, logs.append)
+    assert len(logs) == (0 if warned is None else 1)
+
+
 # -- ip_noise_gamma -------------------------------------------------------------------------------
 def test_input_perturbation_adds_gamma_scaled_noise_and_draws_nothing_when_off():
     noise = torch.randn(64, 4, 16, 16)

@@ -117,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sample.png", help="output PNG")
     p.set_defaults(func=cmd_sample)
 
+    from .demo import EPOCHS, PRETRAIN_STEPS
+
     p = sub.add_parser("demo", help="train-then-generate on a tiny built-in model (offline, ~1 min)")
     p.add_argument("--family", default="kolors", choices=["kolors", "sdxl", "sd15"])
     p.add_argument("--out", default="demo_output")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--pretrain-steps", type=int, default=300,
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
                    help="steps teaching the tiny base model to denoise painted shapes before the LoRA")
     p.set_defaults(func=cmd_demo)
 

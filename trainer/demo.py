@@ -6,6 +6,14 @@ paints a small dataset (a yellow star on blue, captioned with the trigger word "
 samples before training, trains a LoRA (kohya's target set: every linear and conv layer of the
 UNet's blocks), saves it, reloads the model from disk, applies the saved file and samples again
 with the same seed, then writes a loss chart.
+
+The tiny base model predicts v (``v_parameterization``, as SD2-768 and v-pred SDXL finetunes do),
+not the noise as the full-size Kolors does. At the first sampling steps (sigma 15..27) an
+epsilon model's picture is the noise it removes times sigma; this tiny UNet misses the noise
+by 0.02-0.03 MSE there (its image estimate is then off by 5-20 against a latent variance of
+0.8) and every sample stays coloured noise, LoRA or not. Predicting v, its image estimate at
+those steps comes straight out of the network (measured, 4 seeds: without the LoRA 87, with it
+29 of 255 from the nearest training picture; epsilon: 108 and 76).
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from .atomic import save_image, write_text
 
 TRIGGER = "ltdemo"
 SIZE = 64
-PRETRAIN_STEPS = 300
+PRETRAIN_STEPS = 200
+EPOCHS = 20
+PREDICTION = "v_prediction"  # the tiny base model's (module docstring)
 
 
 def paint_dataset(folder: Path, count: int = 4) -> Path:
@@ -67,8 +77,10 @@ def pixel_distances(model, config, prompt: str, sample_args: dict, seeds: int = 
     return result[0], result[1]
 
 
-def run_demo(out: Path, family: str = "kolors", epochs: int = 30,
+def run_demo(out: Path, family: str = "kolors", epochs: int = EPOCHS,
              pretrain_steps: int = PRETRAIN_STEPS) -> dict[str, Path]:
+    from tqdm import tqdm
+
     from .config import TrainConfig
     from .lora.apply import apply_lora
     from .models.loader import load_model
@@ -83,15 +95,18 @@ def run_demo(out: Path, family: str = "kolors", epochs: int = 30,
     out = Path(out).resolve()
     print(f"[1/5] building a tiny {family} model in {out / 'model'} and teaching it to denoise painted shapes "
           f"({pretrain_steps} steps: a stand-in for a real base model's pretraining)")
-    model_dir = write_tiny_model(family, out / "model")
+    model_dir = write_tiny_model(family, out / "model", prediction_type=PREDICTION)
     base = load_model(model_dir, family)
-    pretrain_unet(base, pretrain_steps, SIZE)
+    with tqdm(total=pretrain_steps, unit="step", dynamic_ncols=True, desc="pretraining") as bar:
+        pretrain_unet(base, pretrain_steps, SIZE, lr=2e-3, v_prediction=True,
+                      on_step=lambda loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
     base.unet.save_pretrained(str(model_dir / "unet"), safe_serialization=True)
     data_dir = paint_dataset(out / "dataset")
     config = TrainConfig(
         pretrained_model_name_or_path=str(model_dir), model_family=family, train_data_dir=str(data_dir),
         resolution=str(SIZE), network_dim=16, network_alpha=16, conv_dim=16, conv_alpha=16, learning_rate=3e-3,
-        max_train_epochs=epochs, train_batch_size=4, network_args=["target=kohya"], seed=7, output_dir=str(out / "lora"), output_name=f"{TRIGGER}_{family}",
+        max_train_epochs=epochs, train_batch_size=4, network_args=["target=kohya"], seed=7, v_parameterization=True,
+        output_dir=str(out / "lora"), output_name=f"{TRIGGER}_{family}",
         class_tokens=TRIGGER, sample_prompts=[f"{TRIGGER}, a yellow star, blue background"])
     write_text(out / "run.toml", config.to_toml())
     prompt = config.sample_prompts[0]

@@ -53,12 +53,33 @@ def to_dtype(dtype) -> torch.dtype:
     return DTYPES[str(dtype).lower()]
 
 
+def scheduler_file(folder) -> Path | None:
+    """A diffusers folder's scheduler/scheduler_config.json, when it has one."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json" if folder else None
+    return path if path and path.is_file() else None
+
+
+def check_prediction_type(folder, v_parameterization: bool, log=print) -> None:
+    """A diffusers folder's scheduler says what its UNet predicts ("epsilon", "v_prediction"); say
+    so when v_parameterization disagrees (as kohya, the setting decides: a single file says nothing)."""
+    path = scheduler_file(folder)
+    kind = json.loads(path.read_text(encoding="utf-8")).get("prediction_type") if path else None
+    if kind not in ("epsilon", "v_prediction") or (kind == "v_prediction") == bool(v_parameterization):
+        return
+    if v_parameterization:
+        log(f"warning: v_parameterization = true, but {path} says this model predicts the noise (epsilon): "
+            "remove v_parameterization unless you know the model is a v-prediction one")
+    else:
+        log(f"warning: {path} says this model predicts v (v_prediction), but v_parameterization is off: "
+            "set v_parameterization = true or the LoRA will learn the wrong target")
+
+
 def sampling_scheduler(family: Family, folder: Path | None):
     """The model's own scheduler config when it ships one, else the family's default."""
     from diffusers import EulerDiscreteScheduler
 
     config = dict(family.sampling_schedule)
-    path = Path(folder) / "scheduler" / "scheduler_config.json" if folder else None
-    if path and path.is_file():
+    path = scheduler_file(folder)
+    if path:
         config = json.loads(path.read_text(encoding="utf-8"))
     return EulerDiscreteScheduler.from_config(config)

@@ -86,8 +86,10 @@ def build_tiny_parts(family_name: str, tokenizer_folder: Path, seed: int = 0) ->
     return parts
 
 
-def write_tiny_model(family_name: str, folder, seed: int = 0) -> Path:
-    """Write a tiny diffusers folder for ``family_name`` (sd15, sdxl, kolors); returns it."""
+def write_tiny_model(family_name: str, folder, seed: int = 0, prediction_type: str | None = None) -> Path:
+    """Write a tiny diffusers folder for ``family_name`` (sd15, sdxl, kolors); returns it.
+    ``prediction_type`` ("epsilon", "v_prediction") overrides the family's in scheduler/, as a
+    v-prediction model (SD2-768, v-pred SDXL finetunes) ships it."""
     from diffusers import EulerDiscreteScheduler
 
     family = get_family(family_name)
@@ -100,7 +102,8 @@ def write_tiny_model(family_name: str, folder, seed: int = 0) -> Path:
     if family.name == "kolors":  # Kolors' own layout: tokenizer files beside the encoder
         (folder / "text_encoder" / "tokenizer_config.json").write_text(json.dumps(
             {"tokenizer_class": "ChatGLMTokenizer", "padding_side": "left"}, indent=2))
-    scheduler = EulerDiscreteScheduler.from_config(family.sampling_schedule)
+    schedule = dict(family.sampling_schedule, **({"prediction_type": prediction_type} if prediction_type else {}))
+    scheduler = EulerDiscreteScheduler.from_config(schedule)
     scheduler.save_pretrained(str(folder / "scheduler"))
     (folder / "model_index.json").write_text(json.dumps(
         dict(_model_index(family, parts), scheduler=["diffusers", "EulerDiscreteScheduler"]), indent=2))

@@ -5,12 +5,16 @@ A freshly built tiny UNet has random weights, and a LoRA cannot turn a random ne
 denoiser: its adapters leave biases, norms, conv_in/conv_out and the time embedding as they
 are (measured: a full-rank update of just the adapted weights still misses the noise by 0.17
 MSE at t=999, a full fine-tune by 0.04). After this, as with a real base model, the LoRA only
-has to add its concept. Deterministic for a seed (on one machine and thread count).
+has to add its concept. With the demo's v-prediction base (demo.py), 200 steps of this bring
+the LoRA's samples from 39 to 29 of 255 from the training pictures (4 seeds) and take the
+coloured speckle out of their background. Deterministic for a seed (on one machine and thread
+count).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -42,9 +46,10 @@ def paint_shapes(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 def pretrain_unet(model, steps: int = 300, size: int = 64, batch: int = 4, lr: float = 1e-3, seed: int = 0,
-                  images: int = 256) -> list[float]:
-    """Train every weight of ``model.unet`` to predict the noise on painted shapes (empty prompt);
-    returns the losses. The model is left in eval mode, its weights frozen again."""
+                  images: int = 256, v_prediction: bool = False, on_step=None) -> list[float]:
+    """Train every weight of ``model.unet`` to predict the noise (or v) on painted shapes (empty
+    prompt); returns the losses. ``on_step(loss)`` is called after each step. The model is left
+    in eval mode, its weights frozen again."""
     from ..train.sources import TextSource
     from ..train.step import diffusion_loss
 
@@ -58,7 +63,7 @@ def pretrain_unet(model, steps: int = 300, size: int = 64, batch: int = 4, lr: f
     time_ids = None
     if family.uses_time_ids:
         time_ids = torch.stack([family.time_ids((size, size), (0, 0), (size, size))] * batch)
-    scheduler = family.training_scheduler()
+    scheduler = family.training_scheduler(v_prediction)
     params = [p for p in unet.parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -66,8 +71,6 @@ def pretrain_unet(model, steps: int = 300, size: int = 64, batch: int = 4, lr: f
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     losses = []
-    from contextlib import nullcontext
-
     for _ in range(steps):
         pick = torch.randint(0, images, (batch,), generator=gen)
         noise = torch.randn((batch, *latents.shape[1:]), generator=gen)
@@ -76,7 +79,9 @@ def pretrain_unet(model, steps: int = 300, size: int = 64, batch: int = 4, lr: f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
+        if on_step:
+            on_step(losses[-1])
     for p in params:
         p.requires_grad_(False)
     unet.eval()

@@ -22,6 +22,7 @@ from ..data.masks import masks_for_run
 from ..data.merge import resolve_parts
 from ..errors import TrainerError
 from ..lora.builders import Network, network_builder, trained_text_encoders
+from ..models.loaded import check_prediction_type
 from ..models.loader import LoadedModel, load_model
 from .api import Callbacks
 from .bucketing import assign_buckets, part_lines, steps_per_epoch
@@ -121,6 +122,7 @@ def prepare_run(config: TrainConfig, model: LoadedModel | None, dataset: Dataset
             raise TrainerError("No model given: set pretrained_model_name_or_path to a diffusers folder or checkpoint.")
         model = load_model(config.pretrained_model_name_or_path, config.model_family, weight_dtype,
                            vae_path=config.vae or None, tokenizer_dir=config.tokenizer_dir or None)
+    check_prediction_type(config.pretrained_model_name_or_path, config.v_parameterization, cb.log)
     seed_everything(config.seed)
     ordered = caching_in_order(model, config, device)
     family, unet = model.family, model.unet
