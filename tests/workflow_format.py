@@ -29,18 +29,32 @@ def widget_names(cls) -> list[str]:
     return names
 
 
+def _check_link(link: list, node: dict, slot: int, entry: dict, by_id: dict) -> None:
+    """A link [id, from node, from slot, to node, to slot, type] agrees with both of its ends, as
+    the real frontend needs it to (graphToPrompt resolves inputs by the link's target slot)."""
+    link_id, origin, origin_slot, target, target_slot, kind = link[:6]
+    assert target == node["id"], f"link {link_id} does not end at node {node['id']}"
+    assert target_slot == slot, f"link {link_id} ends at slot {target_slot}, but it is input {slot} '{entry['name']}'"
+    accepted = str(entry["type"]).split(",")  # "LT_LORA,LORA_MODEL": a union, as ComfyUI checks it
+    assert kind in accepted or entry["type"] in ("*", None), f"link {link_id} is {kind}, input '{entry['name']}' {entry['type']}"
+    outputs = by_id[origin].get("outputs", [])
+    assert origin_slot < len(outputs) and link_id in (outputs[origin_slot].get("links") or []), \
+        f"link {link_id} is not listed by output {origin_slot} of node {origin}"
+
+
 def ui_to_api(workflow: dict, mappings: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
+    by_id = {node["id"]: node for node in workflow["nodes"]}
     api = {}
     for node in workflow["nodes"]:
         kind = node["type"]
         if kind in NOTE_NODES:
             continue
         inputs = {}
-        for entry in node.get("inputs", []):
+        for slot, entry in enumerate(node.get("inputs", [])):
             if entry.get("link") is not None:
                 link = links[entry["link"]]
-                assert link[3] == node["id"], f"link {link[0]} does not end at node {node['id']}"
+                _check_link(link, node, slot, entry, by_id)
                 inputs[entry["name"]] = [str(link[1]), link[2]]
         if kind in mappings:
             names = widget_names(mappings[kind])
