@@ -1,6 +1,7 @@
 """Dataset v1: kohya folders, captions, fitting to the training size, bad input."""
 
 import dataclasses
+import random
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from PIL import Image
 
 from conftest import paint
 from trainer.data.dataset import load_dataset
-from trainer.data.images import fit_center, load_fitted, open_rgb
+from trainer.data.augment import Augment, fit_image
+from trainer.data.images import fit_center, open_rgb
 from trainer.errors import TrainerError
 from trainer.train.loop import TrainConfig, total_steps
 
@@ -94,7 +96,7 @@ def test_fit_center_resizes_to_cover_and_crops_the_middle(size, target):
 def test_fitted_image_keeps_original_size_and_crop_for_time_ids(tmp_path):
     path = paint(tmp_path / "wide.png", size=(200, 100), colour=(0, 0, 0), box=(90, 0, 110, 100),
                  box_colour=(255, 255, 255))
-    fitted = load_fitted(path, 64, 64)
+    fitted, _ = fit_image(path, 64, 64, Augment(), random.Random(0))
     assert fitted.original_size == (100, 200) and fitted.crop_top_left == (0, 32)
     assert fitted.pixels.shape == (3, 64, 64) and fitted.pixels.min() >= -1 and fitted.pixels.max() <= 1
     # the white bar in the middle of the wide image stays in the middle of the crop

@@ -233,19 +233,19 @@ def test_augmentations_change_what_the_vae_sees_and_refuse_cached_latents(tiny_m
     import random
 
     from conftest import paint
-    from trainer.data.augment import Augment, load_augmented
+    from trainer.data.augment import Augment, fit_image
     from trainer.errors import TrainerError
 
     path = paint(tmp_path / "a.png", size=(128, 64), colour=(200, 30, 30), box=(32, 0, 48, 64),
                  box_colour=(255, 255, 255))
     rng = random.Random(0)
-    flips = [load_augmented(path, 64, 64, Augment(flip_aug=True), rng).pixels for _ in range(20)]
+    flips = [fit_image(path, 64, 64, Augment(flip_aug=True), rng)[0].pixels for _ in range(20)]
     lefts = [float(p[:, :, :8].mean()) for p in flips]
     assert min(lefts) < -0.2 < max(lefts)  # the white bar ends up on either side
-    crops = {load_augmented(path, 64, 64, Augment(random_crop=True), rng).crop_top_left for _ in range(20)}
+    crops = {fit_image(path, 64, 64, Augment(random_crop=True), rng)[0].crop_top_left for _ in range(20)}
     assert len(crops) > 5 and all(top == 0 and 0 <= left <= 64 for top, left in crops)
-    hue = load_augmented(path, 64, 64, Augment(color_aug=True), random.Random(3)).pixels
-    plain = load_augmented(path, 64, 64, Augment(), rng).pixels
+    hue = fit_image(path, 64, 64, Augment(color_aug=True), random.Random(3))[0].pixels
+    plain = fit_image(path, 64, 64, Augment(), rng)[0].pixels
     assert 0 < (hue - plain).abs().mean() < 0.2
     with pytest.raises(TrainerError, match="cache_latents .* flip_aug"):
         TrainConfig(cache_latents=True, flip_aug=True).validate()

@@ -95,18 +95,19 @@ def run_demo(out: Path, family: str = "kolors", epochs: int = EPOCHS,
     out = Path(out).resolve()
     print(f"[1/5] building a tiny {family} model in {out / 'model'} and teaching it to denoise painted shapes "
           f"({pretrain_steps} steps: a stand-in for a real base model's pretraining)")
+    v_prediction = PREDICTION == "v_prediction"
     model_dir = write_tiny_model(family, out / "model", prediction_type=PREDICTION)
     base = load_model(model_dir, family)
     with tqdm(total=pretrain_steps, unit="step", dynamic_ncols=True, desc="pretraining") as bar:
-        pretrain_unet(base, pretrain_steps, SIZE, lr=2e-3, v_prediction=True,
+        pretrain_unet(base, pretrain_steps, SIZE, lr=2e-3, v_prediction=v_prediction,
                       on_step=lambda loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}", refresh=False)))
     base.unet.save_pretrained(str(model_dir / "unet"), safe_serialization=True)
     data_dir = paint_dataset(out / "dataset")
     config = TrainConfig(
         pretrained_model_name_or_path=str(model_dir), model_family=family, train_data_dir=str(data_dir),
         resolution=str(SIZE), network_dim=16, network_alpha=16, conv_dim=16, conv_alpha=16, learning_rate=3e-3,
-        max_train_epochs=epochs, train_batch_size=4, network_args=["target=kohya"], seed=7, v_parameterization=True,
-        output_dir=str(out / "lora"), output_name=f"{TRIGGER}_{family}",
+        max_train_epochs=epochs, train_batch_size=4, network_args=["target=kohya"], seed=7,
+        v_parameterization=v_prediction, output_dir=str(out / "lora"), output_name=f"{TRIGGER}_{family}",
         class_tokens=TRIGGER, sample_prompts=[f"{TRIGGER}, a yellow star, blue background"])
     write_text(out / "run.toml", config.to_toml())
     prompt = config.sample_prompts[0]

@@ -70,10 +70,6 @@ def fit_image(path, width: int, height: int, aug: Augment, rng: random.Random) -
     return FittedImage(to_tensor(img), original, crop), Geometry(resized, crop, (width, height), flipped)
 
 
-def load_augmented(path, width: int, height: int, aug: Augment, rng: random.Random) -> FittedImage:
-    return fit_image(path, width, height, aug, rng)[0]
-
-
 def augment_image(img: Image.Image, aug: Augment, rng: random.Random) -> tuple[Image.Image, bool]:
     """The flip and colour parts of ``aug`` (cropping is done by the caller); (image, flipped)."""
     flipped = bool(aug.flip_aug and rng.random() < 0.5)
@@ -82,7 +78,3 @@ def augment_image(img: Image.Image, aug: Augment, rng: random.Random) -> tuple[I
     if aug.color_aug:
         img = shift_hue(img, rng.uniform(-8.0, 8.0))
     return img, flipped
-
-
-def augment_pixels(img: Image.Image, aug: Augment, rng: random.Random) -> Image.Image:
-    return augment_image(img, aug, rng)[0]

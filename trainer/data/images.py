@@ -75,6 +75,11 @@ def describe_problem(path: Path, err: BaseException) -> str:
 def open_rgb(path: Path) -> Image.Image:
     """Open ``path`` fully decoded, upright, 8-bit RGB; UnreadableImage (a TrainerError naming the
     file and what is wrong) otherwise."""
+    return to_rgb(open_upright(path))
+
+
+def open_upright(path: Path) -> Image.Image:
+    """Open ``path`` fully decoded and upright, in its own mode; UnreadableImage otherwise."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -83,7 +88,7 @@ def open_rgb(path: Path) -> Image.Image:
                                             f"{MAX_PIXELS // 1_000_000} MP limit, downscale it: training uses "
                                             "512-1024 px anyway)")
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+            return ImageOps.exif_transpose(img)
     except TrainerError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -105,11 +110,17 @@ def unreadable_message(problems: list[tuple[Path, str]], root: Path | None = Non
     return f"{count}{where} cannot be used: {listed}. Fix or remove them, then run again."
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit or float grey image as 8-bit "L" (0..65535 or 0..255 to 0..255); others as they are."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8))
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    img = to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -141,8 +152,3 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def load_fitted(path: Path, width: int, height: int) -> FittedImage:
-    img = open_rgb(path)
-    original = (img.height, img.width)
-    cropped, crop = fit_center(img, width, height)
-    return FittedImage(to_tensor(cropped), original, crop)

@@ -17,35 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import TrainerError
-from .images import IMAGE_EXTENSIONS, MAX_PIXELS, UnreadableImage, describe_problem
+from .images import IMAGE_EXTENSIONS, UnreadableImage, open_upright, to_8bit
 
 ALPHA = "alpha"  # ImageItem.mask value: the image's own alpha channel is the mask
 
 
-def _open_upright(path: Path) -> Image.Image:
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise UnreadableImage(path, f"too large ({img.width}x{img.height})")
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except TrainerError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(path, describe_problem(path, err)) from None
-
-
 def read_mask_file(path) -> Image.Image:
     """A mask file as kohya reads it (RGB, then the R channel), upright, as an 8-bit "L" image."""
-    img = _open_upright(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    img = to_8bit(open_upright(path))
     if img.mode == "L":
         return img
     return img.convert("RGB").getchannel("R")
@@ -53,7 +35,7 @@ def read_mask_file(path) -> Image.Image:
 
 def read_alpha(path) -> Image.Image | None:
     """The image's alpha channel ("L", upright), None when it has none (kohya: trains whole)."""
-    img = _open_upright(path)
+    img = open_upright(path)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return img.convert("RGBA").getchannel("A")
     return None
@@ -66,15 +48,20 @@ def mask_image(item) -> Image.Image | None:
     return read_alpha(item.path) if item.mask == ALPHA else read_mask_file(item.mask)
 
 
-def fit_mask(mask: Image.Image, resized_size: tuple[int, int], top_left: tuple[int, int],
-             size: tuple[int, int], flip: bool = False) -> torch.Tensor:
-    """``mask`` through its image's geometry: resized to ``resized_size`` (width, height) as the
-    image was (Lanczos), cut at ``top_left`` (top, left) to ``size`` (width, height), mirrored when
-    the image was; [1, H, W] in 0..1."""
+def cut_mask(mask: Image.Image, resized_size: tuple[int, int], top_left: tuple[int, int],
+             size: tuple[int, int]) -> Image.Image:
+    """``mask`` resized to ``resized_size`` (width, height) as its image was (Lanczos), then cut
+    at ``top_left`` (top, left) to ``size`` (width, height)."""
     if mask.size != tuple(resized_size):
         mask = mask.resize(tuple(resized_size), Image.Resampling.LANCZOS)
     top, left = top_left
-    mask = mask.crop((left, top, left + size[0], top + size[1]))
+    return mask.crop((left, top, left + size[0], top + size[1]))
+
+
+def fit_mask(mask: Image.Image, resized_size: tuple[int, int], top_left: tuple[int, int],
+             size: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """``mask`` through its image's geometry (cut_mask), mirrored when the image was; [1, H, W] in 0..1."""
+    mask = cut_mask(mask, resized_size, top_left, size)
     if flip:
         mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None]

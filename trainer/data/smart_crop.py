@@ -245,13 +245,14 @@ def crop_mask(mask: Image.Image, result: CropResult) -> Image.Image:
     if mask.size != (result.original_size[1], result.original_size[0]):
         raise TrainerError(f"A mask of {mask.size[0]}x{mask.size[1]} does not fit its image of "
                            f"{result.original_size[1]}x{result.original_size[0]}: masks need their image's size.")
+    from .masks import cut_mask
+
     mask = mask.convert("L")
-    if mask.size != tuple(result.resized_size):
-        mask = mask.resize(tuple(result.resized_size), Image.Resampling.LANCZOS)
     width, height = result.image.size
     if result.method == "none":
+        if mask.size != tuple(result.resized_size):
+            mask = mask.resize(tuple(result.resized_size), Image.Resampling.LANCZOS)
         canvas = Image.new("L", (width, height), 0)
         canvas.paste(mask, (result.padding[1], result.padding[0]))
         return canvas
-    top, left = result.crop_top_left
-    return mask.crop((left, top, left + width, top + height))
+    return cut_mask(mask, result.resized_size, result.crop_top_left, (width, height))
