@@ -2,6 +2,7 @@
 crash, one run per device, and the Training sidebar's routes (trainer/runs/, nodes/runs_api.py)."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from graph_runner import run_graph
+from trainer.errors import TrainerError
 from trainer.runs import registry
 
 
@@ -23,7 +25,25 @@ def comfy_dirs(tmp_path, monkeypatch, tiny_models, star_dataset):
     for name, path in (("LT_MODELS_DIR", models), ("LT_INPUT_DIR", tmp_path / "input"),
                        ("LT_OUTPUT_DIR", tmp_path / "output")):
         monkeypatch.setenv(name, str(path))
-    return tmp_path
+    yield tmp_path
+    _end_leftover_runs(tmp_path / "output" / "lora_trainer")
+
+
+def _end_leftover_runs(root, grace=60):
+    """No run process outlives its test: ask every run still queued or running to stop, then kill
+    the ones still alive after ``grace`` seconds (a process left behind trains on in CI's clone)."""
+    def live():
+        return [r for r in registry.list_runs(root) if r.get("state") in ("queued", "running")] if root.is_dir() else []
+
+    end = time.time() + grace
+    while live() and time.time() < end:
+        for run in live():
+            with contextlib.suppress(TrainerError):  # it may have ended since it was listed
+                registry.request_stop(root, run["id"])
+        time.sleep(0.5)
+    for run in live():
+        if run.get("worker_pid"):
+            os.kill(int(run["worker_pid"]), signal.SIGKILL)
 
 
 def graph(name="stars", run_in="background", epochs=4):  # 4 images x 10 repeats per epoch
